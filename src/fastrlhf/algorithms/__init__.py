@@ -1,0 +1,1 @@
+"""RLHF algorithms: advantage estimators, losses (pure functions) and algorithm graphs."""

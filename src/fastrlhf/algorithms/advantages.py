@@ -1,0 +1,161 @@
+"""Advantage estimators for critic-free policy-gradient RLHF (pure functions of tensors).
+
+Notation: N samples (rows), T token positions, `response_mask` [N, T] is 1 on generated tokens.
+`group_index` [N] says which prompt each sample came from (the executor's `prompt_index`); any
+integer ids work, they need not be contiguous.
+
+* GRPO (Shao et al. 2024, DeepSeekMath eq. 3, outcome supervision):
+      A_i = (r_i - mean(r_group)) / (std(r_group) + eps)
+  std is the *sample* standard deviation (Bessel's n-1), as in the public GRPO implementations;
+  a single-sample group has A_i = 0. eps = 1e-6 guards groups whose rewards are all equal (then
+  A_i = 0 exactly, since the numerator is 0).
+  Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training") drops the division:
+      A_i = r_i - mean(r_group)                   (normalize_std=False)
+* RLOO (Ahmadian et al. 2024, leave-one-out baseline):
+      A_i = r_i - (1/(n-1)) * sum_{j != i} r_j = n/(n-1) * (r_i - mean(r_group))
+  needs n >= 2 samples in every group.
+* REINFORCE++ (Hu 2025): per-token reward = outcome reward on the last response token minus
+  beta * KL_t on every response token; return G_t = sum_{s>=t} gamma^(s-t) r_s; advantages are
+  the returns whitened over all response tokens of the batch:
+      A_t = (G_t - mean(G)) / (std(G) + eps),  mean/std over masked tokens (population std).
+
+GRPO and RLOO are per-sequence; `ADVANTAGE_ESTIMATORS` wraps all three to one signature that
+returns token-level advantages [N, T] (sequence advantages broadcast over response tokens, 0 on
+padding), so a trainer picks an estimator by name.
+
+Left out: process supervision (per-step rewards), GAE (needs a critic; lives with PPO), and the
+choice of KL estimator for REINFORCE++ (the caller passes `token_kl`; the paper uses k1 =
+log pi_old - log pi_ref).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+GRPO_EPS = 1e-6
+WHITEN_EPS = 1e-8
+
+
+def _group_ids(rewards: torch.Tensor, group_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten rewards to [N] with contiguous group ids 0..G-1; rewards [G, n] need no group_index."""
+    if group_index is None:
+        if rewards.dim() != 2:
+            raise ValueError("pass group_index, or rewards shaped [groups, samples_per_group]")
+        groups, per_group = rewards.shape
+        ids = torch.arange(groups, device=rewards.device).repeat_interleave(per_group)
+        return rewards.reshape(-1), ids
+    if rewards.shape != group_index.shape or rewards.dim() != 1:
+        raise ValueError(f"rewards {tuple(rewards.shape)} and group_index {tuple(group_index.shape)} must both be [N]")
+    return rewards, torch.unique(group_index, return_inverse=True)[1]
+
+
+def _group_stats(rewards: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample group mean, group sample std (0 for single-sample groups) and group size; all [N]."""
+    groups = int(ids.max()) + 1 if ids.numel() else 0
+    count = torch.zeros(groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, ids, torch.ones_like(rewards))
+    total = torch.zeros_like(count).index_add_(0, ids, rewards)
+    mean = (total / count)[ids]  # [N]
+    squares = torch.zeros_like(count).index_add_(0, ids, (rewards - mean) ** 2)
+    var = squares / (count - 1).clamp(min=1)  # Bessel; single-sample groups: 0 / 1 = 0
+    return mean, var.sqrt()[ids], count[ids]
+
+
+def grpo_advantages(
+    rewards: torch.Tensor,                 # [N] or [G, n]
+    group_index: torch.Tensor | None = None,  # [N]
+    *,
+    normalize_std: bool = True,
+    eps: float = GRPO_EPS,
+) -> torch.Tensor:                         # same shape as rewards
+    """GRPO group-normalised advantages; `normalize_std=False` gives Dr. GRPO's r - mean."""
+    flat, ids = _group_ids(rewards, group_index)
+    mean, std, _ = _group_stats(flat, ids)
+    advantages = flat - mean
+    if normalize_std:
+        advantages = advantages / (std + eps)
+    return advantages.reshape(rewards.shape)
+
+
+def rloo_advantages(
+    rewards: torch.Tensor,                 # [N] or [G, n]
+    group_index: torch.Tensor | None = None,  # [N]
+) -> torch.Tensor:                         # same shape as rewards
+    """RLOO: reward minus the mean reward of the other samples of the same prompt."""
+    flat, ids = _group_ids(rewards, group_index)
+    mean, _, count = _group_stats(flat, ids)
+    if bool((count < 2).any()):
+        raise ValueError("RLOO needs at least 2 samples per prompt for its leave-one-out baseline")
+    return (count / (count - 1) * (flat - mean)).reshape(rewards.shape)
+
+
+def _last_token_position(response_mask: torch.Tensor) -> torch.Tensor:
+    """[N] index of each row's last response token (rows without any: 0, masked out later)."""
+    positions = torch.arange(response_mask.shape[1], device=response_mask.device)
+    return (positions * response_mask.bool()).amax(dim=1)
+
+
+def reinforce_pp_advantages(
+    rewards: torch.Tensor,                 # [N] outcome reward per sample
+    response_mask: torch.Tensor,           # [N, T]
+    token_kl: torch.Tensor | None = None,  # [N, T] per-token KL estimate to the reference
+    *,
+    kl_coef: float = 0.0,
+    gamma: float = 1.0,
+    eps: float = WHITEN_EPS,
+) -> torch.Tensor:                         # [N, T], 0 off the response
+    """REINFORCE++ token advantages: discounted returns of (outcome - beta*KL), whitened over the batch."""
+    mask = response_mask.to(rewards.dtype)
+    token_rewards = torch.zeros_like(mask)  # [N, T]
+    token_rewards.scatter_(1, _last_token_position(response_mask)[:, None], rewards[:, None])
+    token_rewards = token_rewards * mask
+    if token_kl is not None:
+        token_rewards = token_rewards - kl_coef * token_kl * mask
+    returns = torch.zeros_like(token_rewards)  # [N, T]
+    running = torch.zeros_like(rewards)        # [N]
+    for t in reversed(range(mask.shape[1])):
+        running = token_rewards[:, t] + gamma * running
+        returns[:, t] = running
+    count = mask.sum().clamp(min=1)
+    mean = (returns * mask).sum() / count
+    std = (((returns - mean) ** 2 * mask).sum() / count).sqrt()
+    return (returns - mean) / (std + eps) * mask
+
+
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """Everything any registered estimator may need, one row per sample."""
+
+    rewards: torch.Tensor                 # [N] scalar reward per sample
+    group_index: torch.Tensor             # [N] prompt id of each sample
+    response_mask: torch.Tensor           # [N, T] 1 on response tokens
+    token_kl: torch.Tensor | None = None  # [N, T] per-token KL to the reference (REINFORCE++)
+
+
+def _per_token(sequence_advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Broadcast [N] advantages over response tokens -> [N, T]."""
+    return sequence_advantages[:, None] * response_mask.to(sequence_advantages.dtype)
+
+
+def _grpo_tokens(inputs: AdvantageInputs, **options) -> torch.Tensor:
+    return _per_token(grpo_advantages(inputs.rewards, inputs.group_index, **options), inputs.response_mask)
+
+
+def _rloo_tokens(inputs: AdvantageInputs) -> torch.Tensor:
+    return _per_token(rloo_advantages(inputs.rewards, inputs.group_index), inputs.response_mask)
+
+
+def _reinforce_pp_tokens(inputs: AdvantageInputs, **options) -> torch.Tensor:
+    return reinforce_pp_advantages(inputs.rewards, inputs.response_mask, inputs.token_kl, **options)
+
+
+# name -> estimator(AdvantageInputs, **options) -> token advantages [N, T]
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
+    "grpo": _grpo_tokens,
+    "dr_grpo": functools.partial(_grpo_tokens, normalize_std=False),
+    "rloo": _rloo_tokens,
+    "reinforce_pp": _reinforce_pp_tokens,
+}

@@ -1,0 +1,70 @@
+"""Algorithms as dataflow graphs of model calls, run by `fastrlhf.dataflow.LocalExecutor`.
+
+GRPO (one iteration):
+
+    prompts ─► actor.generate ─► sequences, logprobs, completions, prompt_index, ...
+                 ├─► reward.score  (prompts, completions, extra fields) ─► rewards
+                 ├─► ref.inference (sequences, masks)                   ─► ref_logprobs
+                 └─► actor.train   (everything above)                   ─► stats
+
+The actor's train worker turns `rewards` + `prompt_index` into advantages (an estimator from
+`algorithms.advantages.ADVANTAGE_ESTIMATORS`) and minimises `clipped_policy_loss`. RLOO and
+REINFORCE++ use this same graph with another estimator; Dr. GRPO and DAPO differ only in options.
+
+Batch fields (N samples, T positions; per-prompt data fields are repeated onto each sample by the
+executor through `prompt_index`):
+
+    prompts         list[str]    [N]     the prompt text (data key; one row per prompt before generate)
+    prompt_index    int64        [N]     row of the prompt each sample came from = its GRPO group
+    sequences       int64        [N, T]  prompt + response token ids, padded with the pad id
+    attention_mask  int64/bool   [N, T]  1 on real (non-pad) tokens of prompt and response
+    response_mask   int64/bool   [N, T]  1 on generated tokens (where log-probs and losses live)
+    logprobs        float        [N, T]  behaviour-policy log-probs of each token (pi_old), 0 elsewhere
+    completions     list[str]    [N]     decoded responses, for reward functions
+    rewards         float        [N]     scalar reward per sample
+    ref_logprobs    float        [N, T]  frozen reference log-probs of each token
+
+Position t of `logprobs` / `ref_logprobs` is the log-prob of token `sequences[:, t]` (aligned with
+the token, not with the logits that predicted it).
+
+Left out: PPO / online DPO graphs (issue 4) and any scheduling choice — placement and concurrency
+of these calls belong to the execution plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from fastrlhf.dataflow.executor import ROW_SOURCE_KEY
+from fastrlhf.dataflow.graph import Graph, ModelCall
+
+GENERATE_OUTPUTS = (ROW_SOURCE_KEY, "sequences", "attention_mask", "response_mask", "logprobs", "completions")
+SEQUENCE_INPUTS = ("sequences", "attention_mask", "response_mask")
+
+
+def grpo_graph(extra_reward_inputs: Sequence[str] = (), use_reference: bool = True) -> Graph:
+    """GRPO as a graph.
+
+    extra_reward_inputs: further data keys the reward function reads (e.g. "answer" from the
+        prompt JSONL); they become data keys of the graph.
+    use_reference: False drops ref.inference (no KL term, as in DAPO / Dr. GRPO).
+    """
+    reference_keys = ("ref_logprobs",) if use_reference else ()
+    calls = [
+        ModelCall("actor", "generate", inputs=("prompts",), outputs=GENERATE_OUTPUTS),
+        ModelCall("reward", "inference", inputs=("prompts", "completions", *extra_reward_inputs),
+                  outputs=("rewards",), name="reward.score"),
+    ]
+    if use_reference:
+        calls.append(ModelCall("ref", "inference", inputs=SEQUENCE_INPUTS, outputs=reference_keys))
+    train_inputs = (*SEQUENCE_INPUTS, "logprobs", *reference_keys, "rewards", ROW_SOURCE_KEY)
+    calls.append(ModelCall("actor", "train", inputs=train_inputs))
+    return Graph(calls, data_keys=("prompts", *extra_reward_inputs))
+
+
+# algorithm name -> graph builder (RLOO and REINFORCE++ share GRPO's graph; see module docstring)
+GRAPHS: dict[str, Callable[..., Graph]] = {
+    "grpo": grpo_graph,
+    "rloo": grpo_graph,
+    "reinforce_pp": grpo_graph,
+}

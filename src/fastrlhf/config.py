@@ -1,0 +1,401 @@
+"""The typed config tree of a training run, loaded from YAML plus `a.b=c` overrides.
+
+`Config` has five sections — `model`, `task`, `rollout`, `algorithm`, `train` — each a dataclass
+whose fields carry a help text and an optional range check in their metadata. `Config()` is the
+embedded default job: a tiny model on the built-in arithmetic task, sized for a 2-core CPU.
+
+Loading (`load_config(path, overrides)`): defaults, then the YAML file, then each override
+string `section.key=value` (the value is parsed as a YAML scalar). Every value is checked against
+its field's type (bool / int / float / str / Literal choices / optional / list[int]) and range
+as it is set, so the first problem is reported as one line naming where it came from and the
+key, e.g. `config.yaml: unknown key 'rollout.temprature' (did you mean 'rollout.temperature'?)`.
+All problems are `fastrlhf.errors.UserError` (the CLI prints them and exits with code 2).
+
+Deliberately accepted: an int where a float is expected; a string such as "1e-4" for a float field
+(PyYAML reads `1e-4` without a dot as a string). For str fields an override keeps the raw text, so
+`train.run_dir=2024` is the directory "2024". Relative paths are relative to the working directory.
+Left out: environment-variable interpolation, config includes / inheritance, per-model sections
+(ref / reward / critic) — add them when PPO and the runtime need them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import yaml
+
+from fastrlhf.errors import UserError
+from fastrlhf.tasks import BUILTIN_TASKS
+
+Check = Callable[[Any], "str | None"]  # returns a problem description, or None when fine
+
+
+# ---------------------------------------------------------------------------- range checks
+def at_least(low: float) -> Check:
+    return lambda value: None if value >= low else f"must be >= {low}"
+
+
+def greater_than(low: float) -> Check:
+    return lambda value: None if value > low else f"must be > {low}"
+
+
+def in_unit_interval(value: float) -> str | None:  # (0, 1]
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
+
+
+def non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def positive_list(value: list) -> str | None:
+    return None if value and all(v >= 1 for v in value) else "must be a non-empty list of ints >= 1"
+
+
+def builtin_task(value: str) -> str | None:
+    names = ", ".join(repr(name) for name in BUILTIN_TASKS)
+    return None if value in BUILTIN_TASKS else f"must be a built-in task ({names})"
+
+
+def option(default: Any, help: str, check: Check | None = None, factory=None):
+    """A dataclass field with a help text and an optional range check."""
+    metadata = {"help": help, "check": check}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------- the sections
+@dataclass
+class ModelSection:
+    path: str = option("builtin", "HF model directory, or 'builtin' for the task's tiny SFT model",
+                       non_empty)
+
+
+@dataclass
+class TaskSection:
+    name: str = option("arithmetic", "built-in task (used when `prompts` is not set)",
+                       builtin_task)
+    prompts: str | None = option(None, "JSONL prompts file: {\"prompt\": ..., other reward fields}",
+                                 non_empty)
+    reward: str | None = option(None, "reward 'module:function' or 'file.py:function'; "
+                                      "default: the built-in task's reward", non_empty)
+    digits: list[int] = option(None, "operand sizes (digits) of the built-in arithmetic task",
+                               positive_list, factory=lambda: [1, 2, 3])
+    eval_size: int = option(200, "held-out prompts used for evaluation", at_least(1))
+
+
+@dataclass
+class RolloutSection:
+    samples_per_prompt: int = option(8, "completions sampled per prompt (the GRPO group size)",
+                                     at_least(1))
+    temperature: float = option(1.0, "sampling temperature (0 = greedy)", at_least(0.0))
+    top_p: float = option(1.0, "nucleus sampling mass (1 = off)", in_unit_interval)
+    top_k: int = option(0, "sample among the k most likely tokens (0 = off)", at_least(0))
+    max_new_tokens: int = option(8, "longest completion, in tokens", at_least(1))
+    num_slots: int = option(128, "sequences decoded concurrently by the engine", at_least(1))
+    compile: bool = option(False, "torch.compile the decode step (slow cold start)")
+
+
+@dataclass
+class AlgorithmSection:
+    name: Literal["grpo"] = option("grpo", "RL algorithm")
+    clip_low: float = option(0.2, "ratio clipped below at 1 - clip_low", at_least(0.0))
+    clip_high: float = option(0.28, "ratio clipped above at 1 + clip_high (DAPO clip-higher)",
+                              at_least(0.0))
+    kl_coef: float = option(0.02, "weight of the k3 KL penalty to the reference (0 = no ref)",
+                            at_least(0.0))
+    normalize_std: bool = option(True, "divide group advantages by their std (false = Dr. GRPO)")
+    loss_aggregation: Literal["token", "sequence"] = option(
+        "token", "average the loss over all tokens, or per sequence then over sequences")
+
+
+@dataclass
+class TrainSection:
+    steps: int = option(80, "RL steps (one rollout batch + one update each)", at_least(0))
+    prompts_per_step: int = option(16, "prompts per step (x samples_per_prompt sequences)",
+                                   at_least(1))
+    lr: float = option(3e-4, "peak learning rate (AdamW)", greater_than(0.0))
+    warmup_steps: int = option(5, "linear LR warm-up steps", at_least(0))
+    lr_decay: Literal["none", "linear", "cosine"] = option("cosine", "LR decay after warm-up")
+    weight_decay: float = option(0.0, "AdamW weight decay", at_least(0.0))
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)", at_least(0.0))
+    micro_batch_size: int = option(64, "sequences per forward/backward pass", at_least(1))
+    seed: int = option(0, "one seed for data order, sampling and init", at_least(0))
+    checkpoint_every: int = option(25, "checkpoint every N steps (0 = only at the end)",
+                                   at_least(0))
+    run_dir: str = option("runs/default", "directory for checkpoints, metrics and the config",
+                          non_empty)
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "auto = CUDA when present, else CPU")
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML/JSON-ready) of every value, defaults included."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+# ---------------------------------------------------------------------------- public API
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at `path` (if any), then `overrides`; validated."""
+    config = Config()
+    if path is not None:
+        update_from_dict(config, read_yaml(path), source=str(path))
+    apply_overrides(config, overrides)
+    check_consistency(config)
+    return config
+
+
+def config_from_dict(data: Mapping, source: str = "config") -> Config:
+    """A validated `Config` from a nested mapping (e.g. `Config.to_dict()` output)."""
+    config = Config()
+    update_from_dict(config, data, source)
+    check_consistency(config)
+    return config
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write `config` as YAML, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(config.to_yaml())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The top-level mapping of a YAML file (an empty file is `{}`)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read config file ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: invalid YAML{_yaml_location(exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of sections, "
+                        f"got {_type_name(data)}")
+    return data
+
+
+def apply_overrides(config: Config, overrides: Sequence[str], source: str = "command line") -> None:
+    """Apply `section.key=value` strings to `config` in place, in order."""
+    for text in overrides:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"{source}: override '{text}' must look like section.key=value")
+        section, spec = _find_field(config, key, source)
+        set_value(section, spec, key, _parse_scalar(raw, key, source), source)
+
+
+def update_from_dict(config: Config, data: Mapping, source: str) -> None:
+    """Set every `section: {key: value}` of `data` on `config`, checking each value."""
+    for section_name, values in data.items():
+        section_name = str(section_name)
+        if section_name not in _section_names():
+            raise UserError(f"{source}: unknown section '{section_name}'"
+                            f"{_suggestion(section_name, _section_names())}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section '{section_name}' must be a mapping of keys, "
+                            f"got {_type_name(values)}")
+        for field_name, value in values.items():
+            key = f"{section_name}.{field_name}"
+            section, spec = _find_field(config, key, source)
+            set_value(section, spec, key, value, source)
+
+
+def check_consistency(config: Config) -> None:
+    """Checks that involve more than one key."""
+    if config.algorithm.name == "grpo" and config.rollout.samples_per_prompt < 2:
+        raise UserError("config: 'rollout.samples_per_prompt' must be >= 2 for GRPO "
+                        f"(group-normalised advantages), got {config.rollout.samples_per_prompt}")
+
+
+def all_keys() -> list[str]:
+    """Every settable key, e.g. 'rollout.temperature'."""
+    return [f"{s.name}.{f.name}" for s in dataclasses.fields(Config)
+            for f in dataclasses.fields(_section_type(s.name))]
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(key, default, help) for every key, for docs and `--help` text."""
+    defaults = Config().to_dict()
+    return [(key, defaults[key.split(".")[0]][key.split(".")[1]], _field_spec(key).metadata["help"])
+            for key in all_keys()]
+
+
+# ---------------------------------------------------------------------------- setting values
+def set_value(section: Any, spec: dataclasses.Field, key: str, value: Any, source: str) -> None:
+    """Type- and range-check `value` for field `spec`, then set it on `section`."""
+    converted = convert(value, _field_type(key), key, source)
+    check = spec.metadata.get("check")
+    problem = check(converted) if check is not None and converted is not None else None
+    if problem:
+        raise UserError(f"{source}: '{key}' {problem}, got {converted!r}")
+    setattr(section, spec.name, converted)
+
+
+def convert(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """`value` as an instance of `annotation`, or a UserError naming `key`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return convert(value, inner, key, source)
+    if origin is Literal:
+        if value in args and not isinstance(value, bool):
+            return value
+        choices = ", ".join(repr(arg) for arg in args)
+        raise UserError(f"{source}: '{key}' must be one of {choices}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise _type_error(source, key, "a list", value)
+        return [convert(item, args[0], f"{key}[{i}]", source) for i, item in enumerate(value)]
+    return _convert_scalar(value, annotation, key, source)
+
+
+def _convert_scalar(value: Any, annotation: type, key: str, source: str) -> Any:
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(source, key, "true or false", value)
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(source, key, "an integer", value)
+    if annotation is float:
+        number = _as_float(value)
+        if number is None:
+            raise _type_error(source, key, "a number", value)
+        if not math.isfinite(number):
+            raise UserError(f"{source}: '{key}' must be a finite number, got {value!r}")
+        return number
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(source, key, "a string", value)
+    raise TypeError(f"config field '{key}' has an unsupported type {annotation!r}")
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _parse_scalar(raw: str, key: str, source: str) -> Any:
+    """An override's value: a YAML scalar, except that str fields keep the raw text."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise UserError(f"{source}: '{key}': cannot parse value {raw!r}") from None
+    wants_str = _base_type(_field_type(key)) is str
+    if wants_str and value is not None and not isinstance(value, str):
+        return raw.strip()
+    return value
+
+
+# ---------------------------------------------------------------------------- lookup helpers
+def _section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _section_type(name: str) -> type:
+    return typing.get_type_hints(Config)[name]
+
+
+def _field_spec(key: str) -> dataclasses.Field:
+    section_name, field_name = key.split(".", 1)
+    return {f.name: f for f in dataclasses.fields(_section_type(section_name))}[field_name]
+
+
+def _field_type(key: str) -> Any:
+    """The resolved annotation of a key, e.g. `float` for 'rollout.temperature'."""
+    section_name, field_name = key.split(".", 1)
+    return typing.get_type_hints(_section_type(section_name))[field_name]
+
+
+def _base_type(annotation: Any) -> Any:
+    """`str | None` -> str; other annotations unchanged."""
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _find_field(config: Config, key: str, source: str) -> tuple[Any, dataclasses.Field]:
+    section_name, dot, field_name = key.partition(".")
+    if section_name in _section_names() and not dot:
+        example = all_keys_in(section_name)[0]
+        raise UserError(f"{source}: '{key}' is a section; set one of its keys, e.g. '{example}'")
+    if key not in all_keys():
+        raise UserError(f"{source}: unknown key '{key}'{_suggestion(key, all_keys())}")
+    return getattr(config, section_name), _field_spec(key)
+
+
+def all_keys_in(section_name: str) -> list[str]:
+    return [key for key in all_keys() if key.startswith(section_name + ".")]
+
+
+def _suggestion(name: str, candidates: list[str]) -> str:
+    """' (did you mean 'x'?)' for the closest candidate, or '' when none is close."""
+    leaf = name.rpartition(".")[2]
+    same_leaf = [c for c in candidates if "." in name and c.rpartition(".")[2] == leaf]
+    close = same_leaf or difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_error(source: str, key: str, expected: str, value: Any) -> UserError:
+    return UserError(f"{source}: '{key}' must be {expected}, got {value!r} ({_type_name(value)})")
+
+
+def _type_name(value: Any) -> str:
+    names = {dict: "mapping", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _yaml_location(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "syntax error"
+    if mark is None:
+        return f": {problem}"
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"

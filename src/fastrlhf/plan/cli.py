@@ -1,0 +1,139 @@
+"""`fastrlhf plan` (search a plan) and `fastrlhf simulate PLAN.json` (re-simulate a saved plan).
+
+Outputs are written to temporary files beside their destinations and renamed only once the whole
+command has succeeded, so a failed run leaves no partial file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+from fastrlhf.errors import UserError
+from fastrlhf.plan.graphs import GRAPHS
+from fastrlhf.plan.hardware import load_cluster
+from fastrlhf.plan.model_spec import load_model_spec
+from fastrlhf.plan.plan import Workload, load_plan
+
+GB = 1e9
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("plan", help="search an execution plan (ReaLHF) for an RLHF job")
+    p.add_argument("--algo", choices=sorted(GRAPHS), default="ppo")
+    p.add_argument("--actor", required=True, help="preset (llama2-7b, qwen2.5-7b, ...) or config.json")
+    p.add_argument("--critic", help="critic model (default: the actor's shape)")
+    p.add_argument("--ref", help="reference model (default: the actor)")
+    p.add_argument("--reward", help="reward model (default: the critic's shape)")
+    p.add_argument("--cluster", required=True, help="e.g. 2x8xH100, 8xA100-80G, or a YAML file")
+    p.add_argument("--batch", type=int, default=512, help="sequences per iteration")
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--gen-len", type=int, default=256)
+    p.add_argument("--zero-stage", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-limit", type=float, default=50.0, help="search seconds (incl. baselines)")
+    p.add_argument("--max-steps", type=int, default=200_000, help="annealing steps")
+    p.add_argument("--out", default="plan.json", help="plan JSON path")
+    p.add_argument("--gantt", help="Gantt PNG path (default: OUT with .png)")
+    p.set_defaults(func=cmd_plan)
+
+    s = subparsers.add_parser("simulate", help="simulate a saved (possibly edited) plan JSON")
+    s.add_argument("plan", help="plan JSON written by `fastrlhf plan`")
+    s.add_argument("--gantt", help="write a Gantt PNG of one iteration here")
+    s.add_argument("--iters", type=int, default=3, help="iterations to simulate (>= 2)")
+    s.set_defaults(func=cmd_simulate)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from fastrlhf.plan.planner import build_models, run_planner
+
+    cluster = load_cluster(args.cluster)
+    specs = {k: load_model_spec(getattr(args, k)) if getattr(args, k) else None
+             for k in ("actor", "critic", "ref", "reward")}
+    models = build_models(args.algo, **specs)
+    workload = Workload(args.batch, args.prompt_len, args.gen_len, args.zero_stage)
+    report = run_planner(args.algo, models, cluster, workload, args.seed, args.time_limit,
+                         args.max_steps)
+    print(f"{args.algo} on {cluster.describe()}: batch {workload.batch}, prompt "
+          f"{workload.prompt_len}, generation {workload.gen_len}")
+    print(format_table(report.plan, report.evaluation))
+    print(f"iteration time  searched {report.simulation.iteration_time:8.3f} s "
+          f"(search {report.search_seconds:.1f} s, {report.evaluations} plans simulated)")
+    for name, value in report.baselines.items():
+        speedup = value / report.simulation.iteration_time
+        shown = f"{value:8.3f} s  speed-up {speedup:.2f}x" if value < float("inf") else "infeasible"
+        print(f"  baseline {name:14s} {shown}")
+    gantt = args.gantt or os.path.splitext(args.out)[0] + ".png"
+    _write_outputs(report.plan.to_json(), args.out, report.simulation, gantt)
+    print(f"wrote {args.out} and {gantt}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from fastrlhf.plan.planner import simulate_plan
+
+    if args.iters < 2:
+        raise UserError("--iters must be >= 2 (the iteration time is a steady-state period)")
+    plan = load_plan(args.plan)
+    ev, evaluation, sim = simulate_plan(plan, args.iters)
+    print(format_table(plan, evaluation))
+    print(f"iteration time {sim.iteration_time:.3f} s, first iteration {sim.first_iteration:.3f} s,"
+          f" accelerator-seconds/iteration {sim.accelerator_seconds:.1f}"
+          f" (busy {sim.busy_accelerator_seconds:.1f})")
+    if args.gantt:
+        _write_outputs(None, None, sim, args.gantt)
+        print(f"wrote {args.gantt}")
+    return 0
+
+
+def format_table(plan, evaluation) -> str:
+    head = f"{'call':18s} {'mesh':>9s} {'dp':>3s} {'tp':>3s} {'pp':>3s} {'micro':>5s} " \
+           f"{'dec.b':>5s} {'time s':>8s} {'GB/GPU':>7s}"
+    rows = [head, "-" * len(head)]
+    for call, cp, est in zip(plan.calls, plan.assignment, evaluation.calls):
+        mesh = f"{cp.mesh.start}+{cp.mesh.size}"
+        rows.append(f"{call.name:18s} {mesh:>9s} {cp.layout.dp:3d} {cp.layout.tp:3d} "
+                    f"{cp.layout.pp:3d} {est.n_micro:5d} {est.decode_batch:5d} {est.time:8.3f} "
+                    f"{est.memory / GB:7.1f}")
+    for step in evaluation.steps:
+        if step.kind != "transfer":
+            rows.append(f"  + {step.kind} for {plan.calls[step.consumer].name}: {step.time:.3f} s")
+    if evaluation.offloaded:
+        rows.append(f"  offloaded between calls: {', '.join(evaluation.offloaded)}")
+    return "\n".join(rows)
+
+
+def _write_outputs(text: str | None, path: str | None, sim, gantt: str | None) -> None:
+    """Write every output to a temp file first; rename all only when all were written."""
+    from fastrlhf.plan.gantt import draw_gantt
+
+    pending = []
+    try:
+        if text is not None:
+            pending.append((_temp_for(path), path))
+            with open(pending[-1][0], "w") as fh:
+                fh.write(text + "\n")
+        if gantt:
+            pending.append((_temp_for(gantt), gantt))
+            draw_gantt(sim, pending[-1][0])
+        for tmp, final in pending:
+            os.replace(tmp, final)
+    except OSError as exc:
+        raise UserError(f"cannot write output: {exc}") from None
+    finally:
+        for tmp, _ in pending:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _temp_for(path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UserError(f"output directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+    return tmp

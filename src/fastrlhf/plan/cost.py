@@ -1,0 +1,152 @@
+"""Analytic time model of one model call on one mesh and layout (ReaLHF sec. 5.1), in seconds.
+
+Notation: b sequences per DP rank (ceil(batch / dp)), prompt length Lp, generation length Lg,
+S = Lp + Lg, F(c) = forward FLOPs per token attending to c keys (model_spec), R = achievable
+FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
+
+- GEMM rate for a micro-batch of t tokens (rows): R(t) = peak * flops_eff * t / (t + T_HALF).
+  A saturating curve standing in for a profiled table: small GEMMs do not fill the device.
+- Ring all-reduce of n bytes over g GPUs (Patarasuk & Yuan 2009): alpha + 2 (g-1)/g * n / B.
+- A pipelined pass (GPipe / 1F1B schedule, Narayanan et al. 2021 eq. 1): with m micro-batches over
+  pp stages the pass takes (m + pp - 1) * t_stage, t_stage = one micro-batch on one stage:
+    compute  k * t_mb * F(ctx) / (tp * pp * R(t_mb))        k = 1 forward, 3 forward+backward
+    TP comm  j * 2 * ceil(L/pp) all-reduces of t_mb * h * 2 bytes inside the node  j = 1 or 2
+    PP comm  j point-to-point sends of t_mb * h * 2 bytes (inter-node if the mesh spans nodes).
+  Full-sequence passes use ctx = (S + 1) / 2 (causal attention, flash kernels skip the masked half).
+- Training adds the DP gradient all-reduce of 2 * P_stage / tp bytes (bf16 gradients, not
+  overlapped with backward: conservative) and the Adam step, memory-bound at 30 bytes per
+  parameter touched (read fp32 master, m, v, grad; write master, m, v, bf16 copy), over dp when
+  ZeRO shards it.
+- Generation of b sequences in waves of `decode_batch`: each wave = prefill (a forward pass over
+  decode_batch * Lp tokens, pp micro-batches) + Lg decode steps at the mean context Lp + Lg/2.
+  A decode step is memory-bound or compute-bound, whichever is slower, plus communication:
+    memory   (2 P / tp  +  decode_batch * ctx * kv_bytes_per_token / (min(tp, kv_heads) * pp)) / W
+             (with pp micro-batches each stage re-reads its weights once per micro-batch, so
+             pipelining saves memory but not weight reads -- ReaLHF's reason to decode without pp)
+    compute  decode_batch * F(ctx) / (tp * pp * R(decode_batch / pp))
+    comm     2 L all-reduces of decode_batch/pp * h * 2 bytes + pp point-to-point hops.
+- Reallocation (ReaLHF sec. 4.2): every destination GPU receives its 2 P_stage / tp bytes of
+  weights; transfers to different GPUs run in parallel, so time = alpha + bytes / link bandwidth
+  (NVLink when source and destination meshes share one node, else InfiniBand). Zero when the
+  layout and mesh are unchanged. Partial reuse of slices already on the GPU is left out.
+- Reload of an offloaded model: 2 P_stage / tp bytes over the host link.
+- Data transfer between meshes: alpha + bytes / (min(|src|, |dst|) * link bandwidth).
+Left out: response-length variance (every sequence generates exactly Lg tokens), sampling and
+logit cost beyond the head GEMM, kernel-launch overheads, compute/communication overlap.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fastrlhf.plan.hardware import Accelerator
+from fastrlhf.plan.layout import Layout, Mesh
+from fastrlhf.plan.memory import stage_params
+from fastrlhf.plan.model_spec import ModelSpec
+
+T_HALF = 64.0
+OPTIMIZER_BYTES_PER_PARAM = 30
+
+
+def gemm_rate(acc: Accelerator, tokens: float) -> float:
+    return acc.flops * tokens / (tokens + T_HALF)
+
+
+def allreduce_time(nbytes: float, group: int, bandwidth: float, latency: float) -> float:
+    if group <= 1:
+        return 0.0
+    return latency + 2.0 * (group - 1) / group * nbytes / bandwidth
+
+
+def p2p_time(nbytes: float, bandwidth: float, latency: float) -> float:
+    return latency + nbytes / bandwidth
+
+
+def stage_time(model: ModelSpec, acc: Accelerator, layout: Layout, tokens_mb: float, ctx: float,
+               backward: bool, pp_intra: bool) -> float:
+    """One micro-batch through one pipeline stage (forward, or forward+backward)."""
+    k, j = (3, 2) if backward else (1, 1)
+    flops = k * tokens_mb * model.flops_fwd_per_token(ctx)
+    compute = flops / (layout.tp * layout.pp * gemm_rate(acc, tokens_mb))
+    act = tokens_mb * model.hidden * model.dtype_bytes
+    n_reduce = j * 2 * math.ceil(model.n_layers / layout.pp)
+    tp_comm = n_reduce * allreduce_time(act, layout.tp, acc.link_bw(True), acc.latency(True))
+    pp_comm = 0.0
+    if layout.pp > 1:
+        pp_comm = j * p2p_time(act, acc.link_bw(pp_intra), acc.latency(pp_intra))
+    return compute + tp_comm + pp_comm
+
+
+def pass_time(model: ModelSpec, acc: Accelerator, layout: Layout, tokens: float, ctx: float,
+              n_micro: int, backward: bool, pp_intra: bool) -> float:
+    """Pipelined pass over `tokens` tokens of one DP rank in `n_micro` micro-batches."""
+    per_stage = stage_time(model, acc, layout, tokens / n_micro, ctx, backward, pp_intra)
+    return (n_micro + layout.pp - 1) * per_stage
+
+
+def grad_sync_time(model: ModelSpec, acc: Accelerator, layout: Layout, dp_intra: bool) -> float:
+    nbytes = stage_params(model, layout.pp) * model.dtype_bytes / layout.tp
+    return allreduce_time(nbytes, layout.dp, acc.link_bw(dp_intra), acc.latency(dp_intra))
+
+
+def optimizer_time(model: ModelSpec, acc: Accelerator, layout: Layout, zero_stage: int) -> float:
+    params = stage_params(model, layout.pp) / layout.tp
+    if zero_stage >= 1:
+        params /= layout.dp
+    return params * OPTIMIZER_BYTES_PER_PARAM / acc.mem_bw
+
+
+def per_rank(batch: int, layout: Layout) -> int:
+    return math.ceil(batch / layout.dp)
+
+
+def inference_time(model, acc, layout, batch, seq_len, n_micro, pp_intra) -> float:
+    tokens = per_rank(batch, layout) * seq_len
+    return pass_time(model, acc, layout, tokens, (seq_len + 1) / 2, n_micro, False, pp_intra)
+
+
+def train_time(model, acc, layout, batch, seq_len, n_micro, pp_intra, dp_intra, zero_stage) -> float:
+    tokens = per_rank(batch, layout) * seq_len
+    step = pass_time(model, acc, layout, tokens, (seq_len + 1) / 2, n_micro, True, pp_intra)
+    return step + grad_sync_time(model, acc, layout, dp_intra) + optimizer_time(
+        model, acc, layout, zero_stage)
+
+
+def decode_step_time(model: ModelSpec, acc: Accelerator, layout: Layout, batch: int, ctx: float,
+                     pp_intra: bool) -> float:
+    kv_split = min(layout.tp, model.n_kv_heads) * layout.pp
+    nbytes = model.n_params * model.dtype_bytes / layout.tp
+    nbytes += batch * ctx * model.kv_bytes_per_token / kv_split
+    memory = nbytes / acc.mem_bw
+    mb = batch / layout.pp
+    compute = batch * model.flops_fwd_per_token(ctx) / (layout.tp * layout.pp * gemm_rate(acc, mb))
+    act = mb * model.hidden * model.dtype_bytes
+    comm = 2 * model.n_layers * allreduce_time(act, layout.tp, acc.link_bw(True), acc.latency(True))
+    if layout.pp > 1:
+        comm += layout.pp * p2p_time(act, acc.link_bw(pp_intra), acc.latency(pp_intra))
+    return max(memory, compute) + comm
+
+
+def generate_time(model, acc, layout, batch, prompt_len, gen_len, decode_batch, pp_intra) -> float:
+    b = per_rank(batch, layout)
+    waves = math.ceil(b / decode_batch)
+    wave_batch = min(b, decode_batch)
+    prefill = pass_time(model, acc, layout, wave_batch * prompt_len, (prompt_len + 1) / 2,
+                        layout.pp, False, pp_intra)
+    step = decode_step_time(model, acc, layout, wave_batch, prompt_len + gen_len / 2, pp_intra)
+    return waves * (prefill + gen_len * step)
+
+
+def realloc_time(model: ModelSpec, acc: Accelerator, dst_layout: Layout, intra: bool) -> float:
+    nbytes = stage_params(model, dst_layout.pp) * model.dtype_bytes / dst_layout.tp
+    return p2p_time(nbytes, acc.link_bw(intra), acc.latency(intra))
+
+
+def reload_time(model: ModelSpec, acc: Accelerator, layout: Layout) -> float:
+    return stage_params(model, layout.pp) * model.dtype_bytes / layout.tp / acc.host_bw
+
+
+def transfer_time(nbytes: float, src: Mesh, dst: Mesh, acc: Accelerator, intra: bool) -> float:
+    if src == dst:
+        return 0.0
+    return p2p_time(nbytes / min(src.size, dst.size), acc.link_bw(intra), acc.latency(intra))

@@ -1,0 +1,242 @@
+"""Plan -> augmented plan: derived micro-batches, offload, reallocation and transfer steps.
+
+Memory placement rule (ReaLHF sec. 4): a trained model lives on its *home* -- the mesh and layout
+of its train call -- with weights, gradients and optimizer state; a frozen model lives on the mesh
+of its first call. Any other call of the model on a different mesh/layout gets a transient copy
+through a reallocation step (from the home, after the previous iteration's train call), freed
+after the call. Frozen models are resident unless offloaded; an offloaded one is reloaded from
+host memory before each call. Per GPU:
+    peak = sum of resident homes on the GPU + max over calls on it of (transient copy + activations
+    or KV cache of the call)
+and every GPU's peak must stay within the usable memory (a hard constraint).
+
+Derived per call, given the memory left on its mesh: training / inference pick the number of
+micro-batches (power of two, <= sequences per DP rank) with the smallest time that fits; generation
+picks the largest decode batch whose KV cache fits. Offload is greedy: while some call does not
+fit, offload the largest frozen model resident on its mesh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastrlhf.plan import cost, memory
+from fastrlhf.plan.graphs import TRAINABLE_ROLES, ModelCall, dependencies
+from fastrlhf.plan.hardware import Cluster
+from fastrlhf.plan.layout import Layout, Mesh, dp_spans_nodes
+from fastrlhf.plan.model_spec import ModelSpec
+from fastrlhf.plan.plan import Workload
+
+MICRO_CHOICES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+Placement = tuple  # (Mesh, Layout)
+
+
+@dataclass(frozen=True)
+class CallEstimate:
+    index: int
+    n_micro: int  # micro-batches (train / inference); 0 for generate
+    decode_batch: int  # sequences decoded together per DP rank (generate); 0 otherwise
+    time: float
+    memory: float  # peak bytes per GPU on the call's mesh while it runs
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str  # "realloc" | "reload" | "transfer"
+    consumer: int  # call index the step feeds
+    producer: int  # call index it comes from (home call / producing call), -1 for reload
+    src: Mesh | None
+    dst: Mesh
+    time: float
+
+
+@dataclass
+class Evaluation:
+    feasible: bool
+    reason: str = ""
+    calls: list[CallEstimate] | None = None
+    steps: list[Step] | None = None
+    offloaded: tuple[str, ...] = ()
+    gpu_peak: list[float] | None = None
+
+
+class Evaluator:
+    """Evaluates placements of one graph on one cluster; caches per-call costs."""
+
+    def __init__(self, calls: tuple[ModelCall, ...], models: dict[str, ModelSpec],
+                 cluster: Cluster, workload: Workload):
+        self.calls, self.models, self.cluster, self.workload = calls, models, cluster, workload
+        self.acc = cluster.accelerator
+        self.deps = dependencies(calls)
+        self.home = {}
+        for idx, call in enumerate(calls):
+            if call.kind == "train" or call.role not in self.home:
+                self.home[call.role] = idx
+        self._cache: dict = {}
+
+    def trainable(self, role: str) -> bool:
+        return role in TRAINABLE_ROLES and self.calls[self.home[role]].kind == "train"
+
+    def evaluate(self, placements: tuple[Placement, ...],
+                 fixed: tuple[int, ...] | None = None) -> Evaluation:
+        offloaded: set[str] = set()
+        while True:
+            persistent = self._persistent(placements, offloaded)
+            estimates, failing = [], []
+            for idx in range(len(self.calls)):
+                est = self._estimate(idx, placements, persistent, offloaded, fixed)
+                (failing.append(idx) if est is None else estimates.append(est))
+            if not failing:
+                break
+            role = self._offload_candidate(placements, offloaded, failing)
+            if role is None:
+                name = self.calls[failing[0]].name
+                return Evaluation(False, f"{name} does not fit in memory")
+            offloaded.add(role)
+        peak = list(persistent)
+        for est in estimates:
+            extra = est.memory - max(persistent[g] for g in placements[est.index][0].gpus)
+            for g in placements[est.index][0].gpus:
+                peak[g] = max(peak[g], persistent[g] + extra)
+        steps = self._steps(placements, offloaded)
+        return Evaluation(True, "", estimates, steps, tuple(sorted(offloaded)), peak)
+
+    # -- memory ---------------------------------------------------------------------------
+    def _home_bytes(self, role: str, layout: Layout) -> float:
+        model = self.models[role]
+        if self.trainable(role):
+            return memory.train_state_bytes(model, layout, self.workload.zero_stage)
+        return memory.weight_bytes(model, layout)
+
+    def _persistent(self, placements, offloaded) -> list[float]:
+        out = [0.0] * self.cluster.n_gpus
+        for role, idx in self.home.items():
+            if role in offloaded:
+                continue
+            mesh, layout = placements[idx]
+            nbytes = self._home_bytes(role, layout)
+            for g in mesh.gpus:
+                out[g] += nbytes
+        return out
+
+    def _copy_bytes(self, idx: int, placements, offloaded) -> float:
+        role = self.calls[idx].role
+        if role in offloaded or placements[idx] != placements[self.home[role]]:
+            return memory.weight_bytes(self.models[role], placements[idx][1])
+        return 0.0
+
+    def _offload_candidate(self, placements, offloaded, failing) -> str | None:
+        best, best_bytes = None, 0.0
+        for role, idx in self.home.items():
+            if self.trainable(role) or role in offloaded:
+                continue
+            mesh, layout = placements[idx]
+            if any(mesh.overlaps(placements[f][0]) for f in failing):
+                nbytes = self._home_bytes(role, layout)
+                if nbytes > best_bytes:
+                    best, best_bytes = role, nbytes
+        return best
+
+    # -- per-call choice of micro-batches / decode batch --------------------------------------
+    def _estimate(self, idx, placements, persistent, offloaded, fixed) -> CallEstimate | None:
+        mesh, layout = placements[idx]
+        base = max(persistent[g] for g in mesh.gpus)
+        base += self._copy_bytes(idx, placements, offloaded)
+        free = self.acc.memory_budget - base
+        want = fixed[idx] if fixed else 0
+        if self.calls[idx].kind == "generate":
+            return self._estimate_generate(idx, mesh, layout, base, free, want)
+        options = [want] if want else self._micro_options(layout)
+        best = None
+        for n_micro in options:
+            time, need = self._call_cost(idx, mesh, layout, n_micro)
+            if need <= free and (best is None or time < best.time):
+                best = CallEstimate(idx, n_micro, 0, time, base + need)
+        return best
+
+    def _micro_options(self, layout: Layout) -> list[int]:
+        b = cost.per_rank(self.workload.batch, layout)
+        return [m for m in MICRO_CHOICES if m <= b]
+
+    def _call_cost(self, idx, mesh, layout, n_micro) -> tuple[float, float]:
+        single = mesh.single_node(self.cluster.gpus_per_node)
+        dp_intra = not dp_spans_nodes(mesh, layout, self.cluster.gpus_per_node)
+        key = (idx, layout, n_micro, single, dp_intra)
+        if key not in self._cache:
+            self._cache[key] = self._compute_cost(idx, layout, n_micro, single, dp_intra)
+        return self._cache[key]
+
+    def _compute_cost(self, idx, layout, n_micro, single, dp_intra) -> tuple[float, float]:
+        call, w = self.calls[idx], self.workload
+        model = self.models[call.role]
+        tokens_mb = cost.per_rank(w.batch, layout) * w.seq_len / n_micro
+        if call.kind == "train":
+            time = cost.train_time(model, self.acc, layout, w.batch, w.seq_len, n_micro, single,
+                                   dp_intra, w.zero_stage)
+            return time, memory.train_act_bytes(model, layout, tokens_mb, n_micro)
+        time = cost.inference_time(model, self.acc, layout, w.batch, w.seq_len, n_micro, single)
+        return time, memory.forward_act_bytes(model, layout, tokens_mb)
+
+    def _estimate_generate(self, idx, mesh, layout, base, free, want) -> CallEstimate | None:
+        w, model = self.workload, self.models[self.calls[idx].role]
+        b = cost.per_rank(w.batch, layout)
+        free -= memory.prefill_act_bytes(model, layout, b * w.prompt_len)
+        per_seq = memory.kv_bytes_per_seq(model, layout, w.seq_len)
+        fits = int(free // per_seq) if free > 0 else 0
+        batch = min(b, want) if want else min(b, fits)
+        if batch < 1 or batch > fits:
+            return None
+        single = mesh.single_node(self.cluster.gpus_per_node)
+        key = (idx, layout, batch, single)
+        if key not in self._cache:
+            self._cache[key] = cost.generate_time(model, self.acc, layout, w.batch, w.prompt_len,
+                                                  w.gen_len, batch, single)
+        used = base + memory.prefill_act_bytes(model, layout, b * w.prompt_len) + batch * per_seq
+        return CallEstimate(idx, 0, batch, self._cache[key], used)
+
+    # -- augmented steps ------------------------------------------------------------------
+    def _steps(self, placements, offloaded) -> list[Step]:
+        steps, gpn = [], self.cluster.gpus_per_node
+        for idx, call in enumerate(self.calls):
+            home = self.home[call.role]
+            mesh, layout = placements[idx]
+            model = self.models[call.role]
+            if call.role in offloaded:
+                steps.append(Step("reload", idx, -1, None, mesh,
+                                  cost.reload_time(model, self.acc, layout)))
+            elif idx != home and placements[idx] != placements[home]:
+                src = placements[home][0]
+                intra = src.single_node(gpn) and mesh.single_node(gpn) and src.start // gpn == mesh.start // gpn
+                steps.append(Step("realloc", idx, home, src, mesh,
+                                  cost.realloc_time(model, self.acc, layout, intra)))
+            for dep in self.deps[idx]:
+                steps += self._transfer(dep, idx, placements)
+        return steps
+
+    def _transfer(self, producer: int, consumer: int, placements) -> list[Step]:
+        src, dst = placements[producer][0], placements[consumer][0]
+        if src == dst:
+            return []
+        keys = set(self.calls[producer].outputs) & set(self.calls[consumer].inputs)
+        nbytes = self.workload.batch * self.workload.seq_len * 4 * len(keys)
+        gpn = self.cluster.gpus_per_node
+        intra = src.single_node(gpn) and dst.single_node(gpn) and src.start // gpn == dst.start // gpn
+        return [Step("transfer", consumer, producer, src, dst,
+                     cost.transfer_time(nbytes, src, dst, self.acc, intra))]
+
+    def fits_alone(self, idx: int, mesh: Mesh, layout: Layout) -> bool:
+        """Necessary condition used to prune candidates: the call fits with nothing else on its
+        GPUs (its model's weights are on the GPU in any plan; a train call also holds states)."""
+        call, w = self.calls[idx], self.workload
+        model = self.models[call.role]
+        if call.kind == "train":
+            base = memory.train_state_bytes(model, layout, w.zero_stage)
+        else:
+            base = memory.weight_bytes(model, layout)
+        free = self.acc.memory_budget - base
+        if call.kind == "generate":
+            b = cost.per_rank(w.batch, layout)
+            need = memory.prefill_act_bytes(model, layout, b * w.prompt_len)
+            return need + memory.kv_bytes_per_seq(model, layout, w.seq_len) <= free
+        return any(self._call_cost(idx, mesh, layout, m)[1] <= free
+                   for m in self._micro_options(layout))

@@ -1,0 +1,96 @@
+"""Glue: models per role, the search with its baselines, and plan <-> simulation.
+
+`run_planner` spends its time limit on the baselines first, then on the annealing search started
+from the best of them; the reported search time is the wall time of both.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fastrlhf.errors import UserError
+from fastrlhf.plan import baselines
+from fastrlhf.plan.evaluate import Evaluation, Evaluator
+from fastrlhf.plan.graphs import get_graph
+from fastrlhf.plan.hardware import Cluster
+from fastrlhf.plan.model_spec import ModelSpec
+from fastrlhf.plan.plan import CallPlan, ExecutionPlan, Workload
+from fastrlhf.plan.search import INF, Objective, anneal, candidates
+from fastrlhf.plan.simulator import Simulation, simulate
+
+
+def build_models(algo: str, actor: ModelSpec, critic: ModelSpec | None = None,
+                 ref: ModelSpec | None = None, reward: ModelSpec | None = None) -> dict:
+    """Role -> spec. The reference copies the actor; the reward model defaults to the critic's
+    shape (ReaLHF's setting); critic and reward carry a value head."""
+    critic = (critic or actor).as_critic()
+    models = {"actor": actor, "ref": ref or actor, "reward": (reward or critic).as_critic()}
+    if algo == "ppo":
+        models["critic"] = critic
+    return models
+
+
+@dataclass
+class PlanReport:
+    plan: ExecutionPlan
+    evaluation: Evaluation
+    simulation: Simulation
+    baselines: dict  # name -> simulated iteration time (inf if infeasible)
+    search_seconds: float
+    evaluations: int
+
+
+def run_planner(algo: str, models: dict, cluster: Cluster, workload: Workload, seed: int = 0,
+                time_limit: float = 50.0, max_steps: int = 200_000) -> PlanReport:
+    workload.validate()
+    t0 = time.perf_counter()
+    ev = Evaluator(get_graph(algo), models, cluster, workload)
+    cands = candidates(ev)
+    for idx, cs in enumerate(cands):
+        if not cs:
+            call = ev.calls[idx]
+            raise UserError(f"{call.name} ({models[call.role].name}) does not fit in memory on "
+                            f"{cluster.describe()} with batch {workload.batch}")
+    obj = Objective(ev)
+    found = baselines.all_baselines(obj)
+    inits = [p for p in found.values() if p is not None and obj(p) < INF]
+    if not inits:
+        raise UserError(f"no plan fits in memory on {cluster.describe()}: models too large for "
+                        f"the cluster (try more GPUs or a smaller batch)")
+    left = max(1.0, time_limit - (time.perf_counter() - t0))
+    result = anneal(obj, cands, inits, seed=seed, max_steps=max_steps, time_limit=left)
+    seconds = time.perf_counter() - t0
+    evaluation = ev.evaluate(result.placements)
+    sim = simulate(ev, evaluation, result.placements)
+    plan = to_plan(algo, ev, result.placements, evaluation, sim)
+    times = {name: obj(p) if p is not None else INF for name, p in found.items()}
+    plan.extra["baselines"] = {k: (v if v < INF else None) for k, v in times.items()}
+    plan.extra["search_seconds"] = seconds
+    return PlanReport(plan, evaluation, sim, times, seconds, obj.evaluations)
+
+
+def to_plan(algo: str, ev: Evaluator, placements, evaluation: Evaluation,
+            sim: Simulation) -> ExecutionPlan:
+    assignment = [CallPlan(mesh, layout, est.n_micro, est.decode_batch)
+                  for (mesh, layout), est in zip(placements, evaluation.calls)]
+    plan = ExecutionPlan(algo, ev.calls, ev.models, ev.cluster, ev.workload, assignment)
+    plan.extra = {
+        "estimates": [{"call": ev.calls[e.index].name, "time_s": e.time, "memory_bytes": e.memory}
+                      for e in evaluation.calls],
+        "steps": [{"kind": s.kind, "for": ev.calls[s.consumer].name,
+                   "src": None if s.src is None else [s.src.start, s.src.size],
+                   "dst": [s.dst.start, s.dst.size], "time_s": s.time} for s in evaluation.steps],
+        "offloaded": list(evaluation.offloaded),
+        "iteration_time_s": sim.iteration_time,
+    }
+    return plan
+
+
+def simulate_plan(plan: ExecutionPlan, n_iters: int = 3) -> tuple[Evaluator, Evaluation, Simulation]:
+    """Re-evaluate and simulate a (possibly hand-edited) plan exactly as written."""
+    ev = Evaluator(plan.calls, plan.models, plan.cluster, plan.workload)
+    evaluation = ev.evaluate(plan.placements(), plan.fixed())
+    if not evaluation.feasible:
+        raise UserError(f"plan does not fit in memory: {evaluation.reason}")
+    return ev, evaluation, simulate(ev, evaluation, plan.placements(), n_iters)

@@ -1,0 +1,171 @@
+"""The rollout engine: batched generation over a slotted KV cache with continuous admission.
+
+Generation is a ladder of small functions (gpt-fast style):
+    sample (sampler.py) → _prefill (admitted prompts, once per distinct prompt) → _decode (one token
+    for every running slot) → _commit (record tokens, finish sequences) → step → generate.
+`step()` admits waiting sequences into free slots, prefills them, then decodes one token for every
+running sequence. All per-token work is tensor ops over the batch; Python touches a sequence only
+when it is admitted or finishes.
+
+Every finished `Sequence` carries its token ids, the per-token log-probs of the sampling
+distribution (from the same `sampling_logprobs` the trainer uses), its finish reason and the policy
+version that produced it.
+
+Left out: speculative decoding (a later layer on top of `_decode`), CUDA graphs, paged attention.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence as Seq
+
+import torch
+
+from fastrlhf.errors import UserError
+from fastrlhf.model.decoder import CausalLM
+from fastrlhf.rollout.kv_cache import DecodeView, KVCache, PrefillView
+from fastrlhf.rollout.sampler import SamplingParams, sample, uniforms
+from fastrlhf.rollout.scheduler import Scheduler
+from fastrlhf.rollout.sequence import Sequence
+
+
+def sequence_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """Default per-sequence seed: distinct for every (prompt, sample) of a call, fixed by `seed`."""
+    return (seed * 1_000_003 + prompt_index) * 1_009 + sample_index
+
+
+class RolloutEngine:
+    def __init__(self, model: CausalLM, num_slots: int = 64, compile: bool = False, max_prefill_tokens: int | None = None):
+        self.model = model
+        self.num_slots = num_slots
+        self.max_prefill_tokens = max_prefill_tokens
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.policy_version = 0
+        self.cache: KVCache | None = None
+        self._forward = torch.compile(self._decode_logits, dynamic=True) if compile else self._decode_logits
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def generate(self, prompts: Seq[Seq[int]], params: SamplingParams, seeds: Seq[int] | None = None,
+                 on_step: Callable[[int, int], None] | None = None) -> list[Sequence]:
+        """n samples for each prompt → finished sequences ordered by (prompt, sample).
+
+        `seeds[i]` (optional) fixes prompt i's random stream, so its samples do not depend on the
+        other prompts of the call. `on_step(finished, total)` is called after every engine step."""
+        seqs = self.start(prompts, params, seeds)
+        while not self.scheduler.done:
+            self.step()
+            if on_step:
+                on_step(len(self.finished), len(seqs))
+        return sorted(self.finished, key=lambda s: (s.prompt_index, s.sample_index))
+
+    def start(self, prompts: Seq[Seq[int]], params: SamplingParams, seeds: Seq[int] | None = None) -> list[Sequence]:
+        if not prompts:
+            raise UserError("generate: no prompts")
+        if any(len(p) == 0 for p in prompts):
+            raise UserError("generate: empty prompt (a prompt needs at least one token, e.g. BOS)")
+        self.params = params
+        seqs = []
+        for i, prompt in enumerate(prompts):
+            for j in range(params.n):
+                seed = sequence_seed(params.seed if seeds is None else seeds[i], i if seeds is None else 0, j)
+                seqs.append(Sequence(len(seqs), [int(t) for t in prompt], i, j, seed))
+        self._allocate(max(len(p) for p in prompts) + params.max_new_tokens)
+        self.scheduler = Scheduler(self.num_slots, self.max_prefill_tokens)
+        for seq in seqs:
+            self.scheduler.add(seq)
+        self.finished: list[Sequence] = []
+        self.stop_ids = torch.tensor(params.stop_token_ids or [-1], device=self.device)
+        return seqs
+
+    def step(self) -> None:
+        """Admit and prefill waiting sequences, then decode one token for every running sequence."""
+        admitted = self.scheduler.admit()
+        if admitted:
+            self._prefill(admitted)
+        decoding = [s for s in self.scheduler.active_slots() if s not in self._just_admitted]
+        self._just_admitted = set()
+        if decoding:
+            self._decode(decoding)
+
+    # ------------------------------------------------------------------ the ladder
+    def _allocate(self, max_len: int) -> None:
+        max_pos = self.model.config.max_position_embeddings
+        if max_len > max_pos:
+            raise UserError(f"prompt + max_new_tokens = {max_len} exceeds the model's max_position_embeddings {max_pos}")
+        if self.cache is None or self.cache.max_len < max_len:
+            self.cache = KVCache(self.model.config, self.num_slots, max_len, self.dtype, self.device)
+        S, dev = self.num_slots, self.device
+        self.lengths = torch.zeros(S, dtype=torch.long, device=dev)  # tokens stored in the slot's cache
+        self.last_token = torch.zeros(S, dtype=torch.long, device=dev)  # next token to feed
+        self.n_generated = torch.zeros(S, dtype=torch.long, device=dev)
+        self.seeds = torch.zeros(S, dtype=torch.long, device=dev)
+        max_new = self.params.max_new_tokens
+        self.out_tokens = torch.zeros(S, max_new, dtype=torch.long, device=dev)
+        self.out_logprobs = torch.zeros(S, max_new, dtype=torch.float32, device=dev)
+        self._just_admitted: set[int] = set()
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """Run each distinct prompt once, copy its KV to every slot that holds it, sample token 0."""
+        rows: dict[tuple[int, ...], int] = {}
+        src = [rows.setdefault(tuple(s.prompt_ids), len(rows)) for s in seqs]
+        unique = list(rows)
+        lens = torch.tensor([len(p) for p in unique], device=self.device)
+        T = int(lens.max())
+        ids = torch.zeros(len(unique), T, dtype=torch.long, device=self.device)
+        for r, p in enumerate(unique):
+            ids[r, : len(p)] = torch.tensor(p)
+        positions = torch.arange(T, device=self.device).expand(len(unique), T)
+        masks = self.model.masks_for(positions, positions, positions < lens[:, None])
+        slots = torch.tensor([s.slot for s in seqs], device=self.device)
+        src_rows = torch.tensor(src, device=self.device)
+        hidden = self.model.hidden_states(ids, positions, masks, PrefillView(self.cache, slots, src_rows, T))
+        last = hidden[torch.arange(len(unique), device=self.device), lens - 1]  # [N, d]
+        logits = self.model.logits(last)[src_rows]  # [M, V]
+        for s in seqs:
+            s.policy_version = self.policy_version
+        self.lengths[slots] = lens[src_rows]
+        self.n_generated[slots] = 0
+        self.seeds[slots] = torch.tensor([s.seed for s in seqs], device=self.device)
+        self._just_admitted = {s.slot for s in seqs}
+        self._sample_and_commit(slots, logits)
+
+    def _decode_logits(self, tokens, positions, masks, view):
+        """One decoder step: tokens, positions [B, 1] → logits [B, V]."""
+        hidden = self.model.hidden_states(tokens, positions, masks, view)
+        return self.model.logits(hidden[:, 0])
+
+    def _decode(self, active: list[int]) -> None:
+        slots = torch.tensor(active, device=self.device)
+        positions = self.lengths[slots]  # [B] where the fed token goes
+        span = int(positions.max()) + 1
+        key_positions = torch.arange(span, device=self.device).expand(len(active), span)
+        q_positions = positions[:, None]
+        masks = self.model.masks_for(q_positions, key_positions, torch.ones_like(key_positions, dtype=torch.bool))
+        view = DecodeView(self.cache, slots, positions, span, contiguous=active[-1] == len(active) - 1)
+        logits = self._forward(self.last_token[slots][:, None], q_positions, masks, view)
+        self.lengths[slots] += 1
+        self._sample_and_commit(slots, logits)
+
+    def _sample_and_commit(self, slots: torch.Tensor, logits: torch.Tensor) -> None:
+        tokens, logprobs = sample(logits, self.params, uniforms(self.seeds[slots], self.n_generated[slots]))
+        index = self.n_generated[slots]
+        self.out_tokens[slots, index] = tokens
+        self.out_logprobs[slots, index] = logprobs
+        self.n_generated[slots] += 1
+        self.last_token[slots] = tokens
+        stopped = torch.isin(tokens, self.stop_ids)
+        full = self.n_generated[slots] >= self.params.max_new_tokens
+        done = stopped | full
+        if bool(done.any()):
+            for slot, was_stop in zip(slots[done].tolist(), stopped[done].tolist()):
+                self._finish(slot, "stop" if was_stop else "length")
+
+    def _finish(self, slot: int, reason: str) -> None:
+        seq = self.scheduler.release(slot)
+        n = int(self.n_generated[slot])
+        seq.token_ids = self.out_tokens[slot, :n].tolist()
+        seq.logprobs = self.out_logprobs[slot, :n].clone()
+        seq.finish_reason = reason
+        self._just_admitted.discard(slot)
+        self.finished.append(seq)

@@ -1,0 +1,161 @@
+"""Built-in task: multi-digit addition with an exact-match reward.
+
+A tiny (~1M-4M parameter) model can learn this on a CPU in minutes, and mixing operand sizes gives
+GRPO groups with both right and wrong answers, so the reward has room to rise.
+
+Prompt format (one line, no spaces, no trailing newline)::
+
+    "{a}+{b}="        e.g. "47+815="
+
+The expected completion is the decimal sum followed by the end-of-sequence token, e.g. "862".
+`a` and `b` are non-negative integers whose digit counts are drawn uniformly from `digits`
+(a 1-digit operand is 0-9, a d-digit operand with d > 1 is 10**(d-1) .. 10**d - 1).
+
+Answer parsing (`parse_answer`), exactly: leading spaces are skipped; the answer is the longest
+run of ASCII digits that follows, optionally preceded by one '-'; everything after that run
+(spaces, newlines, '=', letters, more text) is ignored. A completion that does not start (after
+spaces) with a digit or '-digit' has no answer. So "862", " 862", "862\\n17+1=18" and "862 junk" all
+parse as 862, while "x862", "", "=862" and "8 62" (parses as 8) do not give 862.
+
+Reward (`reward`): 1.0 when the parsed answer equals the row's `answer` field, else 0.0.
+
+Splits: whether a problem is held out depends only on the problem itself (a salted hash of its
+prompt), never on the seed, so no training stream under any seed contains an evaluation problem.
+About `HELD_OUT_PERCENT`% of all problems are held out. Training problems are addressed by index
+(`train_problem(index, seed)`), so a resumed run can continue the stream from a saved position.
+
+Left out: subtraction / multiplication, carries-only curricula and reversed-digit answers (which
+make addition easier for transformers); add them as options if the default proves too easy/hard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+DEFAULT_DIGITS: tuple[int, ...] = (1, 2, 3)
+HELD_OUT_PERCENT = 10
+SPLIT_SALT = "fastrlhf-arithmetic-split-v1"  # changing this changes every split: don't.
+EVAL_STREAM_SEED = 1234  # the evaluation set is fixed: the same for every training seed
+
+_ANSWER_RE = re.compile(r" *(-?[0-9]+)")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One addition problem `a + b`."""
+
+    a: int
+    b: int
+
+    @property
+    def prompt(self) -> str:
+        return format_prompt(self.a, self.b)
+
+    @property
+    def answer(self) -> int:
+        return self.a + self.b
+
+    def row(self) -> dict:
+        """The prompt row as a dataset gives it: `prompt` plus the fields the reward needs."""
+        return {"prompt": self.prompt, "answer": str(self.answer)}
+
+
+def format_prompt(a: int, b: int) -> str:
+    return f"{a}+{b}="
+
+
+def is_held_out(problem: Problem) -> bool:
+    """True when `problem` belongs to the held-out (evaluation) split; seed-independent."""
+    digest = hashlib.blake2b(f"{SPLIT_SALT}:{problem.prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 100 < HELD_OUT_PERCENT
+
+
+def _check_digits(digits: Iterable[int]) -> tuple[int, ...]:
+    digits = tuple(digits)
+    if not digits or any(not isinstance(d, int) or d < 1 or d > 18 for d in digits):
+        raise ValueError(f"digits must be a non-empty list of integers in 1..18, got {digits}")
+    return digits
+
+
+def _random_operand(rng: random.Random, digits: tuple[int, ...]) -> int:
+    size = rng.choice(digits)
+    low = 0 if size == 1 else 10 ** (size - 1)
+    return rng.randint(low, 10**size - 1)
+
+
+def _problem_in_split(stream: str, index: int, seed: int, digits, held_out: bool) -> Problem:
+    """The `index`-th problem of a stream: draws from a per-index RNG until the split matches."""
+    rng = random.Random(f"{stream}/{seed}/{index}")  # str seeds hash with sha512: stable
+    while True:
+        problem = Problem(_random_operand(rng, digits), _random_operand(rng, digits))
+        if is_held_out(problem) == held_out:
+            return problem
+
+
+def train_problem(index: int, seed: int, digits: Iterable[int] = DEFAULT_DIGITS) -> Problem:
+    """The `index`-th training problem for `seed` (never a held-out problem)."""
+    return _problem_in_split("train", index, seed, _check_digits(digits), held_out=False)
+
+
+def train_rows(start: int, count: int, seed: int, digits=DEFAULT_DIGITS) -> list[dict]:
+    """Rows `start .. start+count-1` of the training prompt stream (repeats are possible)."""
+    return [train_problem(i, seed, digits).row() for i in range(start, start + count)]
+
+
+def eval_rows(count: int, digits: Iterable[int] = DEFAULT_DIGITS) -> list[dict]:
+    """`count` distinct held-out problems, the same for every training seed.
+
+    Raises ValueError when that many distinct held-out problems are not found within
+    `100 * count + 10_000` draws (e.g. digits=[1] has only about 10 held-out problems).
+    """
+    digits = _check_digits(digits)
+    seen: dict[Problem, None] = {}  # insertion-ordered set
+    for index in range(100 * count + 10_000):
+        if len(seen) == count:
+            break
+        seen.setdefault(_problem_in_split("eval", index, EVAL_STREAM_SEED, digits, True), None)
+    if len(seen) < count:
+        raise ValueError(f"cannot draw {count} distinct held-out problems for digits {digits}")
+    return [problem.row() for problem in seen]
+
+
+def sft_demonstrations(count: int, seed: int, digits=DEFAULT_DIGITS) -> list[tuple[str, str]]:
+    """`count` (prompt, response) pairs from the training split for supervised warm-up.
+
+    The response is the bare answer ("862"); the trainer appends the tokenizer's EOS token. Uses its
+    own stream (independent of `train_rows` for the same seed) and never a held-out problem.
+    """
+    digits = _check_digits(digits)
+    problems = [
+        _problem_in_split("sft", index, seed, digits, held_out=False) for index in range(count)
+    ]
+    return [(problem.prompt, str(problem.answer)) for problem in problems]
+
+
+def parse_answer(completion: str) -> int | None:
+    """The integer a completion answers with, or None; rules in the module docstring."""
+    match = _ANSWER_RE.match(completion)
+    return int(match.group(1)) if match else None
+
+
+def reward(completions: list[str], answer: list, **fields) -> list[float]:
+    """Exact-match reward, TRL convention: 1.0 if `parse_answer(completion) == int(answer)`.
+
+    `answer` holds one expected sum per completion (str or int); other fields are ignored.
+    """
+    if len(answer) != len(completions):
+        raise ValueError(f"got {len(completions)} completions but {len(answer)} answers")
+    return [
+        1.0 if parse_answer(text) == int(expected) else 0.0
+        for text, expected in zip(completions, answer)
+    ]
+
+
+def accuracy(completions: list[str], answers: list) -> float:
+    """Fraction of completions whose parsed answer is exactly right (0.0 for an empty list)."""
+    scores = reward(completions, answer=answers)
+    return sum(scores) / len(scores) if scores else 0.0

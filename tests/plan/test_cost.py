@@ -1,0 +1,74 @@
+"""Time formulas on the toy accelerator: peak 1e12 x eff 0.5, memory 1e9 x 0.5, NVLink 1e9 B/s,
+IB 1e8 B/s, latencies 1 us / 10 us."""
+
+import pytest
+
+from fastrlhf.plan import cost
+from fastrlhf.plan.layout import Layout
+
+
+def test_gemm_rate_and_collectives(toy_acc):
+    assert cost.gemm_rate(toy_acc, 64) == pytest.approx(0.5e12 * 0.5)
+    assert cost.allreduce_time(1000, 4, 1e9, 1e-6) == pytest.approx(1e-6 + 1.5e-6)
+    assert cost.allreduce_time(1000, 1, 1e9, 1e-6) == 0.0
+    assert cost.p2p_time(1000, 1e9, 1e-6) == pytest.approx(2e-6)
+
+
+def test_forward_pass_single_gpu(tiny, toy_acc):
+    per_mb = 64 * 2656 / 2.5e11  # tokens x F(ctx=3) / R(64)
+    assert cost.stage_time(tiny, toy_acc, Layout(1, 1, 1), 64, 3, False, True) == pytest.approx(per_mb)
+    assert cost.pass_time(tiny, toy_acc, Layout(1, 1, 1), 128, 3, 2, False, True) == pytest.approx(2 * per_mb)
+
+
+def test_tensor_parallel_adds_two_allreduces_per_layer(tiny, toy_acc):
+    compute = 64 * 2656 / (2 * 2.5e11)
+    one = 1e-6 + 1024 / 1e9  # 64 tokens x h 8 x 2 B over 2 GPUs: alpha + 2*(1/2)*n/B
+    got = cost.stage_time(tiny, toy_acc, Layout(1, 2, 1), 64, 3, False, True)
+    assert got == pytest.approx(compute + 4 * one)
+    got_bwd = cost.stage_time(tiny, toy_acc, Layout(1, 2, 1), 64, 3, True, True)
+    assert got_bwd == pytest.approx(3 * compute + 8 * one)
+
+
+def test_pipeline_bubble_and_inter_node_hops(tiny, toy_acc):
+    compute = 64 * 2656 / (2 * 2.5e11)
+    hop = 1e-5 + 1024 / 1e8  # inter-node p2p of one micro-batch's activations
+    stage = compute + hop
+    got = cost.pass_time(tiny, toy_acc, Layout(1, 1, 2), 4 * 64, 3, 4, False, False)
+    assert got == pytest.approx((4 + 2 - 1) * stage)
+
+
+def test_train_time_adds_grad_sync_and_adam(tiny, toy_acc):
+    layout = Layout(2, 1, 1)  # batch 4 -> 2 sequences of 5 tokens per rank, ctx (5+1)/2 = 3
+    rate = 0.5e12 * 10 / (10 + 64)
+    compute = 3 * 10 * 2656 / rate
+    sync = 1e-6 + 2 * (1 / 2) * 2704 / 1e9  # bf16 grads 1352 x 2 B over NVLink
+    adam = 1352 / 2 * 30 / 0.5e9  # ZeRO-1 shards the update over dp 2
+    got = cost.train_time(tiny, toy_acc, layout, 4, 5, 1, True, True, 1)
+    assert got == pytest.approx(compute + sync + adam)
+
+
+def test_decode_step_memory_bound(tiny, toy_acc):
+    # weights 2704 B + KV 64 seqs x ctx 3 x 32 B, at 0.5e9 B/s; compute is 25x smaller
+    expected = (2704 + 64 * 3 * 32) / 0.5e9
+    assert cost.decode_step_time(tiny, toy_acc, Layout(1, 1, 1), 64, 3, True) == pytest.approx(expected)
+    # pp 2 re-reads weights per micro-batch but halves the KV read, plus 2 intra-node hops
+    got = cost.decode_step_time(tiny, toy_acc, Layout(1, 1, 2), 64, 3, True)
+    hop = 1e-6 + 32 * 8 * 2 / 1e9
+    assert got == pytest.approx((2704 + 64 * 3 * 32 / 2) / 0.5e9 + 2 * hop)
+
+
+def test_generate_time_waves(tiny, toy_acc):
+    lay = Layout(1, 1, 1)
+    prefill = cost.pass_time(tiny, toy_acc, lay, 8 * 4, 2.5, 1, False, True)
+    step = cost.decode_step_time(tiny, toy_acc, lay, 8, 4 + 3, True)
+    got = cost.generate_time(tiny, toy_acc, lay, 16, 4, 6, 8, True)
+    assert got == pytest.approx(2 * (prefill + 6 * step))
+
+
+def test_realloc_reload_transfer(tiny, toy_acc):
+    assert cost.realloc_time(tiny, toy_acc, Layout(1, 1, 1), True) == pytest.approx(1e-6 + 2704 / 1e9)
+    assert cost.realloc_time(tiny, toy_acc, Layout(1, 2, 2), False) == pytest.approx(1e-5 + 680 / 1e8)
+    assert cost.reload_time(tiny, toy_acc, Layout(1, 1, 1)) == pytest.approx(2704 / 1e8)
+    from fastrlhf.plan.layout import Mesh
+    assert cost.transfer_time(4000, Mesh(0, 2), Mesh(0, 2), toy_acc, True) == 0.0
+    assert cost.transfer_time(4000, Mesh(0, 2), Mesh(2, 1), toy_acc, True) == pytest.approx(1e-6 + 4e-6)
