@@ -15,8 +15,10 @@ from fastrlhf.errors import UserError
 
 # subcommand modules, imported lazily so `fastrlhf plan` never needs torch
 COMMAND_MODULES = (
+    "fastrlhf.train.cli",
     "fastrlhf.bench.cli",
     "fastrlhf.plan.cli",
+    "fastrlhf.telemetry.cli",
 )
 
 

@@ -114,8 +114,8 @@ class AlgorithmSection:
     kl_coef: float = option(0.02, "weight of the k3 KL penalty to the reference (0 = no ref)",
                             at_least(0.0))
     normalize_std: bool = option(True, "divide group advantages by their std (false = Dr. GRPO)")
-    loss_aggregation: Literal["token", "sequence"] = option(
-        "token", "average the loss over all tokens, or per sequence then over sequences")
+    loss_aggregation: Literal["token_mean", "sequence_mean"] = option(
+        "token_mean", "average the loss over all tokens (DAPO), or per sequence then over sequences (GRPO)")
 
 
 @dataclass
@@ -129,6 +129,8 @@ class TrainSection:
     weight_decay: float = option(0.0, "AdamW weight decay", at_least(0.0))
     grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)", at_least(0.0))
     micro_batch_size: int = option(64, "sequences per forward/backward pass", at_least(1))
+    mini_batches: int = option(1, "optimizer steps per rollout batch (each on 1/mini_batches of it)",
+                               at_least(1))
     seed: int = option(0, "one seed for data order, sampling and init", at_least(0))
     checkpoint_every: int = option(25, "checkpoint every N steps (0 = only at the end)",
                                    at_least(0))

@@ -8,7 +8,7 @@ from fastrlhf.plan import baselines
 from fastrlhf.plan.evaluate import Evaluator
 from fastrlhf.plan.graphs import grpo_graph
 from fastrlhf.plan.hardware import ACCELERATORS, make_cluster
-from fastrlhf.plan.layout import Mesh
+from fastrlhf.plan.layout import Mesh, all_layouts
 from fastrlhf.plan.model_spec import PRESETS, ModelSpec
 from fastrlhf.plan.plan import Workload
 from fastrlhf.plan.search import INF, Objective, anneal, candidates, exhaustive
@@ -108,4 +108,22 @@ def test_baseline_shapes():
     gen_mesh = dis[0][0]
     assert all(not gen_mesh.overlaps(m) for m, _ in dis[1:]) and len({p for p in dis[1:]}) == 1
     per = baselines.per_call(obj, sym)
-    assert all(m == Mesh(0, 4) for m, _ in per) and obj(per) <= obj(sym)
+    assert all(m == Mesh(0, 4) for m, _ in per) and obj(per) < obj(sym)
+    last = len(per) - 1  # the last call chose its layout with all others already fixed
+    for lay in all_layouts(Mesh(0, 4), ev.models[ev.calls[last].role], 4, 256):
+        assert obj(per[:last] + ((Mesh(0, 4), lay),)) >= obj(per)
+
+
+def test_planner_respects_its_time_limit_at_128_gpus():
+    import time
+
+    from fastrlhf.plan.hardware import parse_cluster
+    from fastrlhf.plan.planner import build_models, run_planner
+
+    spec = PRESETS["llama2-70b"]
+    t0 = time.perf_counter()
+    report = run_planner("ppo", build_models("ppo", spec, spec), parse_cluster("16x8xH100"),
+                         Workload(512, 256, 256), seed=0, time_limit=4.0)
+    assert time.perf_counter() - t0 < 4.0 + 2.0  # one polish sweep / final simulation of slack
+    assert report.simulation.iteration_time <= min(report.baselines.values())
+    assert max(report.evaluation.gpu_peak) <= report.plan.cluster.accelerator.memory_budget

@@ -8,18 +8,19 @@ from fastrlhf.plan.hardware import ACCELERATORS, make_cluster
 from fastrlhf.plan.layout import Layout, Mesh
 from fastrlhf.plan.model_spec import PRESETS
 from fastrlhf.plan.plan import Workload
-from fastrlhf.plan.simulator import Task, list_schedule, simulate
+from fastrlhf.plan.simulator import Task, gpu_busy, list_schedule, simulate
 
 
 def test_list_schedule_by_hand():
     tasks = [
-        Task("A", 0, "x", (0, 1), 1.0, 0),
-        Task("B", 0, "x", (0,), 2.0, 1, [(0, 0.0)]),
-        Task("C", 0, "x", (1,), 3.0, 2, [(0, 0.0)]),
-        Task("D", 0, "x", (0, 1), 1.0, 3, [(1, 0.0), (2, 0.5)]),  # C's edge has a 0.5 s transfer
-        Task("E", 1, "x", (0,), 1.0, 4),  # independent, but waits for GPU 0 (A ties first)
+        Task("A", 0, "x", ((0, 2),), 1.0, 0),
+        Task("B", 0, "x", ((0, 1),), 2.0, 1, [(0, 0.0)]),
+        Task("C", 0, "x", ((1, 2),), 3.0, 2, [(0, 0.0)]),
+        Task("D", 0, "x", ((0, 1), (1, 2)), 1.0, 3, [(1, 0.0), (2, 0.5)]),  # 0.5 s transfer C->D
+        Task("E", 1, "x", ((0, 1),), 1.0, 4),  # independent, but waits for GPU 0 (A ties first)
     ]
-    busy = list_schedule(tasks, 2)
+    list_schedule(tasks, 2)
+    busy = gpu_busy(tasks, 2)
     assert [(t.start, t.end) for t in tasks] == [(0, 1), (1, 3), (1, 4), (4.5, 5.5), (3, 4)]
     assert busy == [1 + 2 + 1 + 1, 1 + 3 + 1]
 

@@ -89,10 +89,14 @@ class Rotary(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)  # [P, h]
         self.cos, self.sin = emb.cos(), emb.sin()
 
+    def ensure(self, length: int) -> None:
+        """Make the tables cover positions < length (call before a compiled region)."""
+        if length > self.cos.shape[0]:
+            self._grow(length)
+
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        needed = int(positions.max()) + 1 if positions.numel() else 1
-        if needed > self.cos.shape[0]:
-            self._grow(needed)
+        if not torch.compiler.is_compiling():  # compiled callers `ensure` the length beforehand
+            self.ensure(int(positions.max()) + 1 if positions.numel() else 1)
         return self.cos[positions].to(dtype), self.sin[positions].to(dtype)  # [B, T, h]
 
 

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--zero-stage", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=50.0, help="search seconds (incl. baselines)")
-    p.add_argument("--max-steps", type=int, default=200_000, help="annealing steps")
+    p.add_argument("--max-steps", type=int, default=2_000_000, help="annealing steps")
     p.add_argument("--out", default="plan.json", help="plan JSON path")
     p.add_argument("--gantt", help="Gantt PNG path (default: OUT with .png)")
     p.set_defaults(func=cmd_plan)
@@ -59,7 +59,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"{workload.prompt_len}, generation {workload.gen_len}")
     print(format_table(report.plan, report.evaluation))
     print(f"iteration time  searched {report.simulation.iteration_time:8.3f} s "
-          f"(search {report.search_seconds:.1f} s, {report.evaluations} plans simulated)")
+          f"(search {report.search_seconds:.1f} s, best found after {report.seconds_to_best:.1f} s,"
+          f" {report.evaluations} plans simulated)")
     for name, value in report.baselines.items():
         speedup = value / report.simulation.iteration_time
         shown = f"{value:8.3f} s  speed-up {speedup:.2f}x" if value < float("inf") else "infeasible"

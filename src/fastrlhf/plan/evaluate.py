@@ -60,6 +60,14 @@ class Evaluation:
     gpu_peak: list[float] | None = None
 
 
+def _mesh_max(homes: list[tuple[Mesh, float]], mesh: Mesh) -> float:
+    """Largest sum of resident bytes on one GPU of `mesh`. The sum is piecewise constant in the
+    GPU id and rises only where a home mesh starts, so checking those points suffices."""
+    lo, hi = mesh.start, mesh.start + mesh.size
+    points = {lo} | {m.start for m, _ in homes if lo < m.start < hi}
+    return max(sum(b for m, b in homes if m.start <= p < m.start + m.size) for p in points)
+
+
 class Evaluator:
     """Evaluates placements of one graph on one cluster; caches per-call costs."""
 
@@ -77,14 +85,17 @@ class Evaluator:
     def trainable(self, role: str) -> bool:
         return role in TRAINABLE_ROLES and self.calls[self.home[role]].kind == "train"
 
-    def evaluate(self, placements: tuple[Placement, ...],
-                 fixed: tuple[int, ...] | None = None) -> Evaluation:
+    def evaluate(self, placements: tuple[Placement, ...], fixed: tuple[int, ...] | None = None,
+                 detail: bool = True) -> Evaluation:
+        """`fixed`: per call n_micro / decode_batch to use (0 = derive); `detail`: also compute
+        the per-GPU peak (the search skips it)."""
         offloaded: set[str] = set()
         while True:
-            persistent = self._persistent(placements, offloaded)
+            homes = self._homes(placements, offloaded)
             estimates, failing = [], []
             for idx in range(len(self.calls)):
-                est = self._estimate(idx, placements, persistent, offloaded, fixed)
+                base = _mesh_max(homes, placements[idx][0])
+                est = self._estimate(idx, placements, base, offloaded, fixed)
                 (failing.append(idx) if est is None else estimates.append(est))
             if not failing:
                 break
@@ -93,11 +104,7 @@ class Evaluator:
                 name = self.calls[failing[0]].name
                 return Evaluation(False, f"{name} does not fit in memory")
             offloaded.add(role)
-        peak = list(persistent)
-        for est in estimates:
-            extra = est.memory - max(persistent[g] for g in placements[est.index][0].gpus)
-            for g in placements[est.index][0].gpus:
-                peak[g] = max(peak[g], persistent[g] + extra)
+        peak = self._gpu_peak(homes, estimates, placements) if detail else None
         steps = self._steps(placements, offloaded)
         return Evaluation(True, "", estimates, steps, tuple(sorted(offloaded)), peak)
 
@@ -108,16 +115,23 @@ class Evaluator:
             return memory.train_state_bytes(model, layout, self.workload.zero_stage)
         return memory.weight_bytes(model, layout)
 
-    def _persistent(self, placements, offloaded) -> list[float]:
-        out = [0.0] * self.cluster.n_gpus
-        for role, idx in self.home.items():
-            if role in offloaded:
-                continue
-            mesh, layout = placements[idx]
-            nbytes = self._home_bytes(role, layout)
+    def _homes(self, placements, offloaded) -> list[tuple[Mesh, float]]:
+        """(mesh, bytes per GPU) of every resident model."""
+        return [(placements[idx][0], self._home_bytes(role, placements[idx][1]))
+                for role, idx in self.home.items() if role not in offloaded]
+
+    def _gpu_peak(self, homes, estimates, placements) -> list[float]:
+        persistent = [0.0] * self.cluster.n_gpus
+        for mesh, nbytes in homes:
             for g in mesh.gpus:
-                out[g] += nbytes
-        return out
+                persistent[g] += nbytes
+        peak = list(persistent)
+        for est in estimates:
+            mesh = placements[est.index][0]
+            extra = est.memory - _mesh_max(homes, mesh)
+            for g in mesh.gpus:
+                peak[g] = max(peak[g], persistent[g] + extra)
+        return peak
 
     def _copy_bytes(self, idx: int, placements, offloaded) -> float:
         role = self.calls[idx].role
@@ -138,21 +152,27 @@ class Evaluator:
         return best
 
     # -- per-call choice of micro-batches / decode batch --------------------------------------
-    def _estimate(self, idx, placements, persistent, offloaded, fixed) -> CallEstimate | None:
+    def _estimate(self, idx, placements, base, offloaded, fixed) -> CallEstimate | None:
         mesh, layout = placements[idx]
-        base = max(persistent[g] for g in mesh.gpus)
         base += self._copy_bytes(idx, placements, offloaded)
         free = self.acc.memory_budget - base
         want = fixed[idx] if fixed else 0
         if self.calls[idx].kind == "generate":
             return self._estimate_generate(idx, mesh, layout, base, free, want)
-        options = [want] if want else self._micro_options(layout)
-        best = None
-        for n_micro in options:
-            time, need = self._call_cost(idx, mesh, layout, n_micro)
-            if need <= free and (best is None or time < best.time):
-                best = CallEstimate(idx, n_micro, 0, time, base + need)
-        return best
+        if want:
+            time, need = self._call_cost(idx, mesh, layout, want)
+            return CallEstimate(idx, want, 0, time, base + need) if need <= free else None
+        for time, need, n_micro in self._options(idx, mesh, layout):
+            if need <= free:  # options are sorted by time: the first that fits is the fastest
+                return CallEstimate(idx, n_micro, 0, time, base + need)
+        return None
+
+    def _options(self, idx, mesh, layout) -> list[tuple[float, float, int]]:
+        key = ("options", idx, mesh, layout)
+        if key not in self._cache:
+            self._cache[key] = sorted((*self._call_cost(idx, mesh, layout, m), m)
+                                      for m in self._micro_options(layout))
+        return self._cache[key]
 
     def _micro_options(self, layout: Layout) -> list[int]:
         b = cost.per_rank(self.workload.batch, layout)
@@ -178,10 +198,8 @@ class Evaluator:
         return time, memory.forward_act_bytes(model, layout, tokens_mb)
 
     def _estimate_generate(self, idx, mesh, layout, base, free, want) -> CallEstimate | None:
-        w, model = self.workload, self.models[self.calls[idx].role]
-        b = cost.per_rank(w.batch, layout)
-        free -= memory.prefill_act_bytes(model, layout, b * w.prompt_len)
-        per_seq = memory.kv_bytes_per_seq(model, layout, w.seq_len)
+        b, prefill, per_seq = self._generate_memory(idx, layout)
+        free -= prefill
         fits = int(free // per_seq) if free > 0 else 0
         batch = min(b, want) if want else min(b, fits)
         if batch < 1 or batch > fits:
@@ -189,10 +207,20 @@ class Evaluator:
         single = mesh.single_node(self.cluster.gpus_per_node)
         key = (idx, layout, batch, single)
         if key not in self._cache:
+            w, model = self.workload, self.models[self.calls[idx].role]
             self._cache[key] = cost.generate_time(model, self.acc, layout, w.batch, w.prompt_len,
                                                   w.gen_len, batch, single)
-        used = base + memory.prefill_act_bytes(model, layout, b * w.prompt_len) + batch * per_seq
-        return CallEstimate(idx, 0, batch, self._cache[key], used)
+        return CallEstimate(idx, 0, batch, self._cache[key], base + prefill + batch * per_seq)
+
+    def _generate_memory(self, idx, layout) -> tuple[int, float, float]:
+        """(sequences per DP rank, prefill activation bytes, KV bytes per sequence)."""
+        key = ("gen", idx, layout)
+        if key not in self._cache:
+            w, model = self.workload, self.models[self.calls[idx].role]
+            b = cost.per_rank(w.batch, layout)
+            self._cache[key] = (b, memory.prefill_act_bytes(model, layout, b * w.prompt_len),
+                                memory.kv_bytes_per_seq(model, layout, w.seq_len))
+        return self._cache[key]
 
     # -- augmented steps ------------------------------------------------------------------
     def _steps(self, placements, offloaded) -> list[Step]:

@@ -3,8 +3,8 @@
 State: one (mesh, layout) per call, drawn from that call's candidates (every aligned mesh x every
 valid layout, pruned by `Evaluator.fits_alone`). Objective: simulated iteration time; a plan over
 memory has infinite cost and is never accepted (memory is a hard constraint).
-Moves: a random candidate for one call; a new layout on the same mesh; the same layout on a
-shifted mesh of equal size; copying another call's placement (co-location); swapping two calls'
+Moves: a random candidate for one call; a new layout on the same mesh; a neighbouring mesh
+(shifted by one block, or the next size up / down at the same start) with a random layout; copying another call's placement (co-location); swapping two calls'
 placements; splitting one call's mesh in halves between it and another call (un-co-location);
 random candidates for two calls at once. Metropolis acceptance exp(-(E' - E) / T), T decaying
 geometrically from 0.2 E0 to 1e-4 E0 over the step / time budget, with the chain restarted from the best plan at
@@ -37,7 +37,7 @@ class Objective:
     def __call__(self, placements: tuple) -> float:
         if placements not in self.memo:
             self.evaluations += 1
-            result = self.ev.evaluate(placements)
+            result = self.ev.evaluate(placements, detail=False)
             value = INF
             if result.feasible:
                 value = simulate(self.ev, result, placements, self.n_iters).iteration_time
@@ -64,6 +64,7 @@ class SearchResult:
     iteration_time: float
     seconds: float
     evaluations: int
+    seconds_to_best: float = 0.0  # when the returned plan was first reached
 
 
 def exhaustive(obj: Objective, cands: list[list[tuple]]) -> SearchResult:
@@ -85,6 +86,7 @@ class _Moves:
             for mesh, layout in cs:
                 self.by_mesh[i].setdefault(mesh, []).append(layout)
         self.n_gpus = max(m.start + m.size for cs in cands for m, _ in cs)
+        self.near = _near_meshes({m for cs in cands for m, _ in cs})
 
     def propose(self, cur: tuple) -> tuple:
         rng, n = self.rng, len(cur)
@@ -96,8 +98,8 @@ class _Moves:
         elif r < 0.45:
             new[i] = (cur[i][0], rng.choice(self.by_mesh[i].get(cur[i][0], [cur[i][1]])))
         elif r < 0.55:
-            mesh, layout = cur[i]
-            new[i] = (Mesh(rng.randrange(0, self.n_gpus, mesh.size), mesh.size), layout)
+            mesh = rng.choice(self.near.get(cur[i][0]) or [cur[i][0]])
+            new[i] = (mesh, rng.choice(self.by_mesh[i].get(mesh, [cur[i][1]])))
         elif r < 0.65:
             new[i] = cur[j]
         elif r < 0.75:
@@ -123,6 +125,19 @@ class _Moves:
         return (a, self.rng.choice(self.by_mesh[i][a])), (b, self.rng.choice(self.by_mesh[j][b]))
 
 
+def _near_meshes(meshes: set) -> dict:
+    """Per mesh: the meshes one step away -- same size shifted by one block, or same start with
+    the next smaller / larger size."""
+    sizes = sorted({m.size for m in meshes})
+    near = {}
+    for m in meshes:
+        k = sizes.index(m.size)
+        resized = [Mesh(m.start, s) for s in sizes[max(0, k - 1):k + 2] if s != m.size]
+        shifted = [Mesh(m.start + d, m.size) for d in (-m.size, m.size)]
+        near[m] = [x for x in resized + shifted if x in meshes]
+    return near
+
+
 def anneal(obj: Objective, cands: list[list[tuple]], inits: list[tuple], seed: int = 0,
            max_steps: int = 20000, time_limit: float = 60.0) -> SearchResult:
     """Simulated annealing from the best of `inits`, then coordinate-descent polish."""
@@ -133,7 +148,7 @@ def anneal(obj: Objective, cands: list[list[tuple]], inits: list[tuple], seed: i
     best, best_e = start, obj(start)
     if best_e == INF:
         return SearchResult(None, INF, time.perf_counter() - t0, obj.evaluations)
-    cur, cur_e = best, best_e
+    cur, cur_e, found_at = best, best_e, time.perf_counter()
     t_hi, t_lo = 0.2 * best_e, 1e-4 * best_e
     budget = 0.8 * time_limit
     for step in range(max_steps):
@@ -150,23 +165,25 @@ def anneal(obj: Objective, cands: list[list[tuple]], inits: list[tuple], seed: i
         if e <= cur_e or rng.random() < math.exp(-(e - cur_e) / temp):
             cur, cur_e = new, e
             if e < best_e:
-                best, best_e = new, e
-    best, best_e = polish(obj, cands, best, deadline=t0 + time_limit)
-    return SearchResult(best, best_e, time.perf_counter() - t0, obj.evaluations)
+                best, best_e, found_at = new, e, time.perf_counter()
+    polished, polished_e = polish(obj, cands, best, deadline=t0 + time_limit)
+    if polished_e < best_e:
+        best, best_e, found_at = polished, polished_e, time.perf_counter()
+    return SearchResult(best, best_e, time.perf_counter() - t0, obj.evaluations, found_at - t0)
 
 
 def polish(obj: Objective, cands: list[list[tuple]], plan: tuple, deadline: float) -> tuple:
     """Coordinate descent: best candidate per call with the others fixed, until no change."""
     best, best_e = plan, obj(plan)
     improved = True
-    while improved and time.perf_counter() < deadline:
+    while improved:
         improved = False
         for i in range(len(plan)):
             for cand in cands[i]:
+                if time.perf_counter() > deadline:
+                    return best, best_e
                 trial = best[:i] + (cand,) + best[i + 1:]
                 e = obj(trial)
                 if e < best_e - 1e-12:
                     best, best_e, improved = trial, e, True
-            if time.perf_counter() > deadline:
-                break
     return best, best_e

@@ -26,12 +26,16 @@ class Task:
     name: str
     iteration: int
     kind: str  # generate / inference / train / realloc / reload
-    gpus: tuple[int, ...]
+    spans: tuple[tuple[int, int], ...]  # GPU id ranges [a, b) the task occupies
     duration: float
     order: int
     deps: list[tuple[int, float]] = field(default_factory=list)  # (task id, edge delay)
     start: float = 0.0
     end: float = 0.0
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        return tuple(sorted({g for a, b in self.spans for g in range(a, b)}))
 
 
 @dataclass
@@ -40,8 +44,12 @@ class Simulation:
     first_iteration: float
     makespan: float
     tasks: list[Task]
-    gpu_busy: list[float]
+    n_gpus: int
     n_iters: int
+
+    @property
+    def gpu_busy(self) -> list[float]:
+        return gpu_busy(self.tasks, self.n_gpus)
 
     @property
     def utilisation(self) -> list[float]:
@@ -81,22 +89,25 @@ def _add_call(tasks, ev, placements, est, it, call_id, step_for, delays) -> int:
         step = step_for.get((idx, kind))
         if step is None:
             continue
-        gpus = set(mesh.gpus) | (set(step.src.gpus) if step.src is not None else set())
+        spans = _spans(mesh) + (_spans(step.src) if step.src is not None else ())
         step_deps = [(prev_train, 0.0)] if prev_train is not None else list(deps)
-        tasks.append(Task(f"{kind}:{call.name}", it, kind, tuple(sorted(gpus)), step.time,
-                          len(tasks), step_deps))
+        tasks.append(Task(f"{kind}:{call.name}", it, kind, spans, step.time, len(tasks),
+                          step_deps))
         deps.append((len(tasks) - 1, 0.0))
         prev_train = None
     if prev_train is not None and idx != home:
         deps.append((prev_train, 0.0))
-    tasks.append(Task(call.name, it, call.kind, tuple(mesh.gpus), est.time, len(tasks), deps))
+    tasks.append(Task(call.name, it, call.kind, _spans(mesh), est.time, len(tasks), deps))
     return len(tasks) - 1
 
 
-def list_schedule(tasks: list[Task], n_gpus: int) -> list[float]:
-    """Greedy list scheduling; sets start/end of every task, returns busy seconds per GPU."""
+def _spans(mesh) -> tuple[tuple[int, int], ...]:
+    return ((mesh.start, mesh.start + mesh.size),)
+
+
+def list_schedule(tasks: list[Task], n_gpus: int) -> None:
+    """Greedy list scheduling; sets start/end of every task."""
     gpu_free = [0.0] * n_gpus
-    busy = [0.0] * n_gpus
     waiting = {t.order: len(t.deps) for t in tasks}
     users: dict[int, list[int]] = {}
     for t in tasks:
@@ -107,21 +118,28 @@ def list_schedule(tasks: list[Task], n_gpus: int) -> list[float]:
         best, best_key = None, None
         for order in ready:
             task = tasks[order]
-            start = max([tasks[d].end + delay for d, delay in task.deps] +
-                        [gpu_free[g] for g in task.gpus] + [0.0])
+            start = max(max(gpu_free[a:b]) for a, b in task.spans)
+            for dep, delay in task.deps:
+                start = max(start, tasks[dep].end + delay)
             key = (start, task.iteration, order)
             if best_key is None or key < best_key:
                 best, best_key = order, key
         ready.remove(best)
         task = tasks[best]
         task.start, task.end = best_key[0], best_key[0] + task.duration
-        for g in task.gpus:
-            gpu_free[g] = task.end
-            busy[g] += task.duration
+        for a, b in task.spans:
+            gpu_free[a:b] = [task.end] * (b - a)
         for user in users.get(best, ()):
             waiting[user] -= 1
             if waiting[user] == 0:
                 ready.append(user)
+
+
+def gpu_busy(tasks: list[Task], n_gpus: int) -> list[float]:
+    busy = [0.0] * n_gpus
+    for task in tasks:
+        for g in task.gpus:
+            busy[g] += task.duration
     return busy
 
 
@@ -129,7 +147,7 @@ def simulate(ev: Evaluator, result: Evaluation, placements, n_iters: int = 3) ->
     if not result.feasible:
         raise ValueError(f"cannot simulate an infeasible plan: {result.reason}")
     tasks = build_tasks(ev, result, placements, n_iters)
-    busy = list_schedule(tasks, ev.cluster.n_gpus)
+    list_schedule(tasks, ev.cluster.n_gpus)
     ends = [max(t.end for t in tasks if t.iteration == it) for it in range(n_iters)]
     period = (ends[-1] - ends[0]) / (n_iters - 1) if n_iters > 1 else ends[0]
-    return Simulation(period, ends[0], ends[-1], tasks, busy, n_iters)
+    return Simulation(period, ends[0], ends[-1], tasks, ev.cluster.n_gpus, n_iters)

@@ -42,7 +42,9 @@ class RolloutEngine:
         self.device, self.dtype = param.device, param.dtype
         self.policy_version = 0
         self.cache: KVCache | None = None
-        self._forward = torch.compile(self._decode_logits, dynamic=True) if compile else self._decode_logits
+        self.compile = compile
+        # compiled decode runs every slot at full cache length: static shapes, one compile per cache size
+        self._static_decode = torch.compile(self._decode_all_slots, dynamic=False) if compile else None
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
@@ -95,6 +97,7 @@ class RolloutEngine:
             raise UserError(f"prompt + max_new_tokens = {max_len} exceeds the model's max_position_embeddings {max_pos}")
         if self.cache is None or self.cache.max_len < max_len:
             self.cache = KVCache(self.model.config, self.num_slots, max_len, self.dtype, self.device)
+            self.model.model.rotary.ensure(max_len)
         S, dev = self.num_slots, self.device
         self.lengths = torch.zeros(S, dtype=torch.long, device=dev)  # tokens stored in the slot's cache
         self.last_token = torch.zeros(S, dtype=torch.long, device=dev)  # next token to feed
@@ -135,7 +138,17 @@ class RolloutEngine:
         hidden = self.model.hidden_states(tokens, positions, masks, view)
         return self.model.logits(hidden[:, 0])
 
+    def _decode_all_slots(self, tokens: torch.Tensor, positions: torch.Tensor, span_positions: torch.Tensor) -> torch.Tensor:
+        """Static-shape decode over all slots (for torch.compile): tokens, positions [S] → logits [S, V]."""
+        S = tokens.shape[0]
+        key_positions = span_positions.expand(S, -1)
+        masks = self.model.masks_for(positions[:, None], key_positions, torch.ones_like(key_positions, dtype=torch.bool))
+        view = DecodeView(self.cache, torch.arange(S, device=self.device), positions, self.cache.max_len, contiguous=True)
+        return self._decode_logits(tokens[:, None], positions[:, None], masks, view)
+
     def _decode(self, active: list[int]) -> None:
+        if self.compile:
+            return self._decode_static(active)
         slots = torch.tensor(active, device=self.device)
         positions = self.lengths[slots]  # [B] where the fed token goes
         span = int(positions.max()) + 1
@@ -143,7 +156,17 @@ class RolloutEngine:
         q_positions = positions[:, None]
         masks = self.model.masks_for(q_positions, key_positions, torch.ones_like(key_positions, dtype=torch.bool))
         view = DecodeView(self.cache, slots, positions, span, contiguous=active[-1] == len(active) - 1)
-        logits = self._forward(self.last_token[slots][:, None], q_positions, masks, view)
+        logits = self._decode_logits(self.last_token[slots][:, None], q_positions, masks, view)
+        self.lengths[slots] += 1
+        self._sample_and_commit(slots, logits)
+
+    def _decode_static(self, active: list[int]) -> None:
+        slots = torch.tensor(active, device=self.device)
+        running = torch.zeros(self.num_slots, dtype=torch.bool, device=self.device)
+        running[slots] = True
+        positions = torch.where(running, self.lengths, torch.zeros_like(self.lengths))  # idle slots write at 0
+        span_positions = torch.arange(self.cache.max_len, device=self.device)[None]
+        logits = self._static_decode(self.last_token.clone(), positions, span_positions)[slots]
         self.lengths[slots] += 1
         self._sample_and_commit(slots, logits)
 

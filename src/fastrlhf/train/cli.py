@@ -1,0 +1,99 @@
+"""`fastrlhf train` and `fastrlhf eval`.
+
+    fastrlhf train [CONFIG.yaml] [key=value ...] [--resume RUN_DIR]
+    fastrlhf eval MODEL_DIR [--digits 1 2 3] [--eval-size 200]
+
+With no arguments `train` runs the embedded default job (the built-in arithmetic task from the
+shipped tiny SFT policy). A bad config or input fails before any file is written; a run that fails
+before its first checkpoint removes the run directory it created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from fastrlhf.errors import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="run RL training (no arguments: the built-in default job)")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
+                   help="an optional YAML config followed by dotted overrides, e.g. train.steps=40")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser("eval", help="held-out accuracy of a model directory on the built-in task")
+    e.add_argument("model_dir", help="an HF model directory (e.g. RUN_DIR/final or a checkpoint)")
+    e.add_argument("--digits", type=int, nargs="+", default=None, help="operand digit counts (default: the task's)")
+    e.add_argument("--eval-size", type=int, default=200, help="number of held-out problems")
+    e.set_defaults(func=run_eval)
+
+
+def split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    config_path, overrides = None, []
+    for i, arg in enumerate(args):
+        if "=" in arg:
+            overrides.append(arg)
+        elif i == 0:
+            config_path = arg
+        else:
+            raise UserError(f"unexpected argument {arg!r}: overrides look like key=value, and the config file comes first")
+    return config_path, overrides
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from fastrlhf.config import load_config
+
+    config_path, overrides = split_args(args.args)
+    if args.resume:
+        snapshot = Path(args.resume) / "config.yaml"
+        if config_path:
+            raise UserError("--resume takes its config from RUN_DIR/config.yaml; pass only key=value overrides")
+        if not snapshot.is_file():
+            raise UserError(f"{snapshot}: missing (is {args.resume} a fastrlhf run directory?)")
+        config = load_config(snapshot, [*overrides, f"train.run_dir={args.resume}"])
+    else:
+        config = load_config(config_path, overrides)
+    run_dir = Path(config.train.run_dir)
+    existed = run_dir.exists()
+    from fastrlhf.train.loop import train
+
+    try:
+        result = train(config, resume=bool(args.resume), show_progress=not args.quiet)
+    except (UserError, KeyboardInterrupt):
+        _remove_if_nothing_saved(run_dir, existed)
+        raise
+    print(f"run directory: {result.run_dir}")
+    print(f"final policy (HF format): {result.final_dir}")
+    if result.start_eval and result.final_eval:
+        before, after = result.start_eval["eval/reward"], result.final_eval["eval/reward"]
+        print(f"held-out reward: {before:.3f} -> {after:.3f}  ({result.seconds:.0f} s)")
+    return 0
+
+
+def _remove_if_nothing_saved(run_dir: Path, existed: bool) -> None:
+    if existed or not run_dir.exists():
+        return
+    if not any((run_dir / "checkpoints").glob("step_*")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from fastrlhf.model.hf_io import load_model
+    from fastrlhf.model.tokenizer import load_tokenizer
+    from fastrlhf.tasks import arithmetic
+    from fastrlhf.train.evaluate import evaluate
+
+    if args.eval_size < 1:
+        raise UserError(f"--eval-size must be ≥ 1, got {args.eval_size}")
+    model = load_model(args.model_dir)
+    tokenizer = load_tokenizer(args.model_dir)
+    rows = arithmetic.eval_rows(args.eval_size, tuple(args.digits or arithmetic.DEFAULT_DIGITS))
+    metrics = evaluate(model, tokenizer, rows, arithmetic.reward, ("answer",), max_new_tokens=8)
+    print(f"{args.model_dir}: held-out accuracy {metrics['eval/reward']:.3f} on {len(rows)} problems "
+          f"(mean response length {metrics['eval/response_length']:.1f} tokens)")
+    return 0

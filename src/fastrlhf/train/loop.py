@@ -1,0 +1,182 @@
+"""`train(config)`: an RL run — set-up, the step loop over the algorithm's graph, checkpoints, export.
+
+One step = one iteration of the algorithm's dataflow graph on `prompts_per_step` prompts, run by the
+`LocalExecutor`; the loop knows nothing algorithm-specific. Around it: held-out evaluation at the
+start and end, metrics (JSONL + TensorBoard) and a progress line every step, an atomic checkpoint
+every `checkpoint_every` steps (weights, optimizer, scheduler, data position, config) from which
+`resume` continues bit-identically, and the final policy exported as an HF directory.
+
+Determinism: sampling and the trainer's shuffling are seeded by (seed, step) — not by a global RNG
+stream — so a resumed run draws exactly what the uninterrupted run would have drawn.
+
+Left out: distributed runs, async / off-policy rollouts, mixed precision (fp32 everywhere).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fastrlhf.algorithms.graphs import grpo_graph
+from fastrlhf.config import Config, save_config
+from fastrlhf.dataflow.batch import Batch
+from fastrlhf.dataflow.executor import LocalExecutor
+from fastrlhf.errors import UserError
+from fastrlhf.model.hf_io import copy_tokenizer_files, load_model, save_model
+from fastrlhf.model.tokenizer import load_tokenizer
+from fastrlhf.rollout.engine import RolloutEngine
+from fastrlhf.rollout.sampler import SamplingParams
+from fastrlhf.telemetry.metrics import MetricsWriter
+from fastrlhf.telemetry.progress import Progress
+from fastrlhf.train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from fastrlhf.train.data import prompt_source
+from fastrlhf.train.evaluate import evaluate
+from fastrlhf.train.optim import build_optimizer, build_scheduler
+from fastrlhf.train.workers import ActorWorker, ReferenceWorker, RewardWorker
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    final_dir: Path
+    start_eval: dict[str, float] = field(default_factory=dict)
+    final_eval: dict[str, float] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def model_directory(config: Config) -> Path:
+    if config.model.path == "builtin":
+        from fastrlhf.tasks.builtin_policy import builtin_policy_dir
+
+        return builtin_policy_dir()
+    return Path(config.model.path)
+
+
+def step_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
+
+
+class Run:
+    """Everything one run holds: models, workers, graph, data and output files."""
+
+    def __init__(self, config: Config, resume: bool, show_progress: bool = True):
+        self.config, self.show_progress = config, show_progress
+        self.run_dir = Path(config.train.run_dir)
+        self._check_run_dir(resume)
+        torch.manual_seed(config.train.seed)
+        device = resolve_device(config.train.device)
+        model_dir = model_directory(config)
+        self.tokenizer = load_tokenizer(model_dir)
+        self.tokenizer_files = copy_tokenizer_files(model_dir)
+        self.model = load_model(model_dir, device=device)
+        self.source = prompt_source(config.task, config.train.seed)
+        r, a, t = config.rollout, config.algorithm, config.train
+        self.params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
+                                     stop_token_ids=tuple(self.tokenizer.stop_token_ids()), n=r.samples_per_prompt)
+        self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, t.steps * t.mini_batches, t.lr_decay)
+        self.engine = RolloutEngine(self.model, num_slots=r.num_slots, compile=r.compile)
+        self.actor = ActorWorker(self.model, self.tokenizer, self.engine, self.params, self.optimizer, self.scheduler, a,
+                                 t.micro_batch_size, t.mini_batches, t.grad_clip)
+        workers = {"actor": self.actor, "reward": RewardWorker(self.source.reward_fn, self.source.field_names)}
+        use_ref = a.kl_coef > 0
+        if use_ref:
+            workers["ref"] = ReferenceWorker(load_model(model_dir, device=device), self.params, t.micro_batch_size)
+        graph = grpo_graph(extra_reward_inputs=self.source.field_names, use_reference=use_ref)
+        self.executor = LocalExecutor(graph, workers)
+        self.start_step = 0
+        if resume:
+            self._resume()
+
+    def _check_run_dir(self, resume: bool) -> None:
+        has_checkpoint = latest_checkpoint(self.run_dir) is not None if self.run_dir.exists() else False
+        if resume and not has_checkpoint:
+            raise UserError(f"{self.run_dir}: no checkpoint to resume from")
+        if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise UserError(f"{self.run_dir}: run directory exists and is not empty (use --resume {self.run_dir}, or train.run_dir=NEW_DIR)")
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.run_dir)
+        step, rng, extra = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        restore_rng(rng)
+        self.start_step = step
+        self.engine.policy_version = int(extra.get("policy_version", step))
+
+    def eval_metrics(self) -> dict[str, float]:
+        return evaluate(self.model, self.tokenizer, self.source.eval_rows, self.source.reward_fn, self.source.field_names,
+                        self.config.rollout.max_new_tokens, num_slots=self.config.rollout.num_slots)
+
+    def step(self, step: int) -> dict[str, float]:
+        t = self.config.train
+        rows = self.source.rows_at(step * t.prompts_per_step, t.prompts_per_step)
+        data = Batch({"prompts": [r["prompt"] for r in rows], **{n: [r[n] for r in rows] for n in self.source.field_names}})
+        self.actor.step_seed = step_seed(t.seed, step)
+        started = time.perf_counter()
+        result = self.executor.run(data)
+        metrics: dict[str, float] = {}
+        for call_stats in result.stats.values():
+            metrics.update(call_stats)
+        for name, seconds in result.seconds.items():
+            metrics[f"time/{name}"] = seconds
+        seconds = time.perf_counter() - started
+        metrics["time/step"] = seconds
+        metrics["tokens_per_s"] = float(result.batch["attention_mask"].sum()) / seconds
+        metrics["kl"] = metrics.get("kl_ref", 0.0)
+        return metrics
+
+    def checkpoint(self, step: int) -> None:
+        save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, capture_rng(),
+                        {"policy_version": self.engine.policy_version, "data_position": step * self.config.train.prompts_per_step},
+                        self.config.to_yaml(), extra_files=self.tokenizer_files)
+
+    def export(self) -> Path:
+        return save_model(self.model, self.run_dir / "final", extra_files=self.tokenizer_files)
+
+
+def train(config: Config, resume: bool = False, show_progress: bool = True) -> RunResult:
+    """Run (or resume) the configured training job; returns where things went and the evals."""
+    started = time.perf_counter()
+    run = Run(config, resume, show_progress)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run.run_dir / "config.yaml")
+    t = config.train
+    result = RunResult(run.run_dir, run.run_dir / "final")
+    with MetricsWriter(run.run_dir, resume_from_step=run.start_step if resume else None) as writer, \
+            Progress(t.steps, start_step=run.start_step, enabled=show_progress) as progress:
+        if not resume:
+            result.start_eval = run.eval_metrics()
+            writer.log(0, result.start_eval)
+            progress.phase(_eval_line("start", result.start_eval))
+        for step in range(run.start_step, t.steps):
+            metrics = run.step(step)
+            writer.log(step + 1, metrics)
+            progress.update(step + 1, metrics)
+            result.history.append(metrics)
+            if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < t.steps:
+                run.checkpoint(step + 1)
+        result.final_eval = run.eval_metrics()
+        writer.log(t.steps, result.final_eval)
+        progress.phase(_eval_line("final", result.final_eval))
+    run.checkpoint(t.steps)
+    run.export()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _eval_line(label: str, metrics: dict[str, float]) -> str:
+    if not metrics:
+        return f"{label}: no held-out evaluation for this task"
+    return f"{label} held-out: " + "  ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in metrics.items())
