@@ -3,7 +3,7 @@
 Builds the task tokenizer and a tiny Llama-family model (our decoder), SFT-trains it with
 `fastrlhf.train.sft` on `arithmetic.sft_demonstrations`, prints held-out greedy accuracy and
 pass@8 at temperature 1 (rollout engine), and writes the HF directory with `save_model` to
-src/fastrlhf/tasks/builtin_policy/ (or --out). Fixed seed: the same command gives the same file.
+src/fastrlhf/tasks/builtin_policy_model/ (or --out). Fixed seed: the same command gives the same file.
 `--eval-every N` also reports accuracy during training (for choosing the recipe; see docs/LOG.md).
 """
 
@@ -28,7 +28,7 @@ from fastrlhf.tasks import arithmetic
 from fastrlhf.tasks.tokenizer_builder import build_task_tokenizer
 from fastrlhf.train.sft import SFTConfig, encode_pairs, train_sft
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "fastrlhf" / "tasks" / "builtin_policy"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "fastrlhf" / "tasks" / "builtin_policy_model"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -132,6 +132,9 @@ def main(argv=None) -> int:
     print(f"final ({steps} steps, {t_train:.0f}s training): {fmt(final)} on {len(rows)} held-out problems")
     if not args.no_save:
         save_model(model, args.out, extra_files=tok_files)
+        args.out.chmod(0o755)  # save_model's temp dir is private (0700); package data must be world-readable
+        for f in args.out.iterdir():
+            f.chmod(0o644)
         size = sum(f.stat().st_size for f in args.out.iterdir())
         print(f"wrote {args.out} ({size / 1e6:.2f} MB)")
     print(f"total {time.time() - t0:.0f}s")

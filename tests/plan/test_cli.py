@@ -76,3 +76,24 @@ def test_simulate_rejects_plan_over_memory(planned, tmp_path):
     over = tmp_path / "over.json"
     over.write_text(json.dumps(data))
     assert main(["simulate", str(over)]) == 2
+
+
+def test_plan_from_yaml_cluster_and_config_dir(tmp_path, capsys):
+    model_dir = tmp_path / "tiny-llama"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({
+        "num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 688,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000}))
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("accelerator: cpu\nnodes: 1\ngpus_per_node: 2\n")
+    out = tmp_path / "p.json"
+    argv = ["plan", "--algo", "grpo", "--actor", str(model_dir), "--cluster", str(cluster),
+            "--batch", "8", "--prompt-len", "16", "--gen-len", "16", "--time-limit", "5",
+            "--max-steps", "200", "--out", str(out)]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["models"]["actor"]["hidden"] == 256 and data["cluster"]["gpus_per_node"] == 2
+    spans = [t for t in data["timeline"] if t["task"] == "actor.train"]
+    assert len(spans) == 1 and spans[0]["end_s"] == pytest.approx(max(t["end_s"] for t in data["timeline"]))
+    assert main(["simulate", str(out)]) == 0
+    assert "GPU utilisation" in capsys.readouterr().out

@@ -82,6 +82,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"iteration time {sim.iteration_time:.3f} s, first iteration {sim.first_iteration:.3f} s,"
           f" accelerator-seconds/iteration {sim.accelerator_seconds:.1f}"
           f" (busy {sim.busy_accelerator_seconds:.1f})")
+    util = sim.utilisation
+    print(f"GPU utilisation min {min(util):.0%} mean {sum(util) / len(util):.0%} max {max(util):.0%}")
     if args.gantt:
         _write_outputs(None, None, sim, args.gantt)
         print(f"wrote {args.gantt}")

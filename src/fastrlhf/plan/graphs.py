@@ -78,6 +78,28 @@ def dependencies(calls: tuple[ModelCall, ...]) -> dict[int, tuple[int, ...]]:
             for idx, call in enumerate(calls)}
 
 
+def from_calls(calls) -> tuple[ModelCall, ...]:
+    """Planner calls from any objects with role / kind / inputs / outputs (e.g. the calls of a
+    `fastrlhf.dataflow.graph.Graph`, duck-typed so no runtime import), in topological order."""
+    plain = [ModelCall(c.role, c.kind, tuple(c.inputs), tuple(c.outputs)) for c in calls]
+    for call in plain:
+        if call.kind not in KINDS:
+            raise UserError(f"bad call kind {call.kind!r} (known: {', '.join(KINDS)})")
+    return topological(tuple(plain))
+
+
+def topological(calls: tuple[ModelCall, ...]) -> tuple[ModelCall, ...]:
+    """Kahn's algorithm over the key edges, keeping the given order among ready calls."""
+    deps = {i: set(d) for i, d in dependencies(calls).items()}
+    order: list[int] = []
+    while len(order) < len(calls):
+        ready = [i for i in range(len(calls)) if i not in order and deps[i] <= set(order)]
+        if not ready:
+            raise UserError("the call graph has a cycle")
+        order.append(ready[0])
+    return tuple(calls[i] for i in order)
+
+
 def graph_from_dicts(items: list) -> tuple[ModelCall, ...]:
     try:
         calls = tuple(ModelCall(d["role"], d["kind"], tuple(d["inputs"]), tuple(d["outputs"]))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fastrlhf.errors import UserError
 from fastrlhf.plan import baselines
 from fastrlhf.plan.evaluate import Evaluation, Evaluator
-from fastrlhf.plan.graphs import get_graph
+from fastrlhf.plan.graphs import get_graph, topological
 from fastrlhf.plan.hardware import Cluster
 from fastrlhf.plan.model_spec import ModelSpec
 from fastrlhf.plan.plan import CallPlan, ExecutionPlan, Workload
@@ -43,10 +43,12 @@ class PlanReport:
 
 
 def run_planner(algo: str, models: dict, cluster: Cluster, workload: Workload, seed: int = 0,
-                time_limit: float = 50.0, max_steps: int = 2_000_000) -> PlanReport:
+                time_limit: float = 50.0, max_steps: int = 2_000_000,
+                calls: tuple | None = None) -> PlanReport:
+    """Search a plan for `calls` (default: the built-in graph of `algo`, which is then a label)."""
     workload.validate()
     t0 = time.perf_counter()
-    ev = Evaluator(get_graph(algo), models, cluster, workload)
+    ev = Evaluator(topological(calls) if calls else get_graph(algo), models, cluster, workload)
     cands = candidates(ev)
     for idx, cs in enumerate(cands):
         if not cs:
@@ -85,8 +87,18 @@ def to_plan(algo: str, ev: Evaluator, placements, evaluation: Evaluation,
                    "dst": [s.dst.start, s.dst.size], "time_s": s.time} for s in evaluation.steps],
         "offloaded": list(evaluation.offloaded),
         "iteration_time_s": sim.iteration_time,
+        "timeline": timeline(sim),
     }
     return plan
+
+
+def timeline(sim: Simulation, iteration: int | None = None) -> list[dict]:
+    """Tasks of one iteration (default: the middle one), times relative to its first start."""
+    it = sim.n_iters // 2 if iteration is None else iteration
+    tasks = [t for t in sim.tasks if t.iteration == it]
+    t0 = min(t.start for t in tasks)
+    return [{"task": t.name, "start_s": t.start - t0, "end_s": t.end - t0,
+             "gpus": [list(span) for span in t.spans]} for t in sorted(tasks, key=lambda t: t.start)]
 
 
 def simulate_plan(plan: ExecutionPlan, n_iters: int = 3) -> tuple[Evaluator, Evaluation, Simulation]:

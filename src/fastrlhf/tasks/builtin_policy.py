@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fastrlhf.errors import UserError
 
-POLICY_DIR = Path(__file__).parent / "builtin_policy"
+POLICY_DIR = Path(__file__).parent / "builtin_policy_model"  # a dir named like this module would confuse readers
 EXPECTED_GREEDY_ACCURACY = (0.10, 0.35)  # on eval_rows(100) of BUILTIN_DIGITS, greedy decoding
 BUILTIN_DIGITS = (1, 2, 3)  # operand sizes the policy was trained on (= the task default)
 
