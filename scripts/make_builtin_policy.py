@@ -1,7 +1,9 @@
 """Make the arithmetic task's built-in starting policy: `python scripts/make_builtin_policy.py`.
 
 Builds the task tokenizer and a tiny Llama-family model (our decoder), SFT-trains it with
-`fastrlhf.train.sft` on `arithmetic.sft_demonstrations`, prints held-out greedy accuracy and
+`fastrlhf.train.sft` on `arithmetic.sft_demonstrations` at a constant learning rate until greedy
+accuracy on 200 *training-split* validation problems reaches `--stop-at` (checked every
+`--check-every` steps; the held-out split is never used to stop), prints held-out greedy accuracy and
 pass@8 at temperature 1 (rollout engine), and writes the HF directory with `save_model` to
 src/fastrlhf/tasks/builtin_policy_model/ (or --out). Fixed seed: the same command gives the same file.
 `--eval-every N` also reports accuracy during training (for choosing the recipe; see docs/LOG.md).
@@ -37,13 +39,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=1500, help="at most this many SFT steps")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=50)
-    ap.add_argument("--decay", default="cosine")
+    ap.add_argument("--decay", default="none", help="none: constant lr after warm-up (see docs/LOG.md)")
     ap.add_argument("--digits", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--demos", type=int, default=60_000)
+    ap.add_argument("--carry-drop", type=float, default=0.75,
+                    help="share of demonstrations by a careless annotator who drops carries")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-size", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=0)
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
         tok_files = copy_tokenizer_files(tmp)
     model = build_model(tok.vocab_size, tok, args)
     print(f"model: {model.config.num_params():,} params (hidden {args.hidden}, {args.layers} layers)", flush=True)
-    examples = encode_pairs(tok, arithmetic.sft_demonstrations(args.demos, args.seed, args.digits))
+    examples = encode_pairs(tok, arithmetic.sft_demonstrations(args.demos, args.seed, args.digits, args.carry_drop))
     rows = arithmetic.eval_rows(args.eval_size, args.digits)
     val_rows = arithmetic.train_rows(0, 200, seed=10_000 + args.seed, digits=args.digits)  # training split
     cfg = SFTConfig(steps=args.steps, batch_size=args.batch, micro_batch_size=args.batch, lr=args.lr,
@@ -132,9 +136,6 @@ def main(argv=None) -> int:
     print(f"final ({steps} steps, {t_train:.0f}s training): {fmt(final)} on {len(rows)} held-out problems")
     if not args.no_save:
         save_model(model, args.out, extra_files=tok_files)
-        args.out.chmod(0o755)  # save_model's temp dir is private (0700); package data must be world-readable
-        for f in args.out.iterdir():
-            f.chmod(0o644)
         size = sum(f.stat().st_size for f in args.out.iterdir())
         print(f"wrote {args.out} ({size / 1e6:.2f} MB)")
     print(f"total {time.time() - t0:.0f}s")

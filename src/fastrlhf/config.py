@@ -120,7 +120,7 @@ class AlgorithmSection:
 
 @dataclass
 class TrainSection:
-    steps: int = option(80, "RL steps (one rollout batch + one update each)", at_least(0))
+    steps: int = option(300, "RL steps (one rollout batch + one update each)", at_least(0))
     prompts_per_step: int = option(16, "prompts per step (x samples_per_prompt sequences)",
                                    at_least(1))
     lr: float = option(3e-4, "peak learning rate (AdamW)", greater_than(0.0))
@@ -132,7 +132,9 @@ class TrainSection:
     mini_batches: int = option(1, "optimizer steps per rollout batch (each on 1/mini_batches of it)",
                                at_least(1))
     seed: int = option(0, "one seed for data order, sampling and init", at_least(0))
-    checkpoint_every: int = option(25, "checkpoint every N steps (0 = only at the end)",
+    eval_every: int = option(50, "held-out evaluation every N steps (0 = only at start and end)",
+                             at_least(0))
+    checkpoint_every: int = option(100, "checkpoint every N steps (0 = only at the end)",
                                    at_least(0))
     run_dir: str = option("runs/default", "directory for checkpoints, metrics and the config",
                           non_empty)

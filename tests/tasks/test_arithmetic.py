@@ -99,3 +99,28 @@ def test_reward_on_hand_examples():
     assert task.accuracy(completions, answers) == pytest.approx(3 / 6)
     with pytest.raises(ValueError):
         task.reward(["1"], answer=["1", "2"])
+
+
+def test_carry_free_sum_by_hand():
+    from fastrlhf.tasks.arithmetic import carry_free_sum
+
+    assert carry_free_sum(47, 815) == 852  # 7+5=12 → 2, 4+1=5, 0+8=8
+    assert carry_free_sum(999, 1) == 990
+    assert carry_free_sum(123, 456) == 579  # no carries: the true sum
+    assert carry_free_sum(5, 5) == 0
+
+
+def test_careless_demonstrations_share_and_determinism():
+    from fastrlhf.tasks.arithmetic import carry_free_sum, sft_demonstrations
+
+    clean = sft_demonstrations(2000, seed=1)
+    noisy = sft_demonstrations(2000, seed=1, carry_drop=0.6)
+    assert [p for p, _ in clean] == [p for p, _ in noisy]  # same problems
+    carries = [(p, r) for (p, r) in clean if str(carry_free_sum(*map(int, p[:-1].split("+")))) != r]
+    careless = [p for (p, r), (_, c) in zip(noisy, clean) if r != c]
+    # only carry problems can differ, and about 60% of them do
+    assert set(careless) <= {p for p, _ in carries}
+    assert 0.55 < len(careless) / len(carries) < 0.65
+    assert noisy == sft_demonstrations(2000, seed=1, carry_drop=0.6)
+    with pytest.raises(ValueError):
+        sft_demonstrations(3, seed=0, carry_drop=1.5)

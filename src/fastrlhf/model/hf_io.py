@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fastrlhf.errors import UserError
+from fastrlhf.files import atomic_dir
 from fastrlhf.model.config import ModelConfig
 from fastrlhf.model.decoder import CausalLM, Rotary
 
@@ -139,28 +138,15 @@ def load_model(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32,
 def save_model(model: CausalLM, out_dir: str | os.PathLike, extra_files: dict[str, str | bytes] | None = None) -> Path:
     """Write config.json + model.safetensors (+ extra files, e.g. the tokenizer) atomically."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
-    try:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        state = split_projections(state, model.config)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = split_projections(state, model.config)
+    with atomic_dir(out_dir) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
         for name, content in (extra_files or {}).items():
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(tmp / name, mode) as fh:
                 fh.write(content)
-        if out_dir.exists():
-            backup = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            out_dir.rename(backup)
-            tmp.rename(out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

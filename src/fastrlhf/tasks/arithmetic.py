@@ -123,17 +123,37 @@ def eval_rows(count: int, digits: Iterable[int] = DEFAULT_DIGITS) -> list[dict]:
     return [problem.row() for problem in seen]
 
 
-def sft_demonstrations(count: int, seed: int, digits=DEFAULT_DIGITS) -> list[tuple[str, str]]:
+def carry_free_sum(a: int, b: int) -> int:
+    """a + b as a careless annotator writes it: each column summed mod 10, every carry dropped
+    (47 + 815 → 852 instead of 862). Equals a + b exactly when no column carries."""
+    out, place = 0, 1
+    while a or b:
+        out += ((a % 10 + b % 10) % 10) * place
+        a, b, place = a // 10, b // 10, place * 10
+    return out
+
+
+def sft_demonstrations(count: int, seed: int, digits=DEFAULT_DIGITS, carry_drop: float = 0.0) -> list[tuple[str, str]]:
     """`count` (prompt, response) pairs from the training split for supervised warm-up.
 
     The response is the bare answer ("862"); the trainer appends the tokenizer's EOS token. Uses its
     own stream (independent of `train_rows` for the same seed) and never a held-out problem.
+
+    `carry_drop` is the share of demonstrations written by a careless annotator who drops carries
+    (`carry_free_sum`); which ones is fixed by (seed, index). Above 0.5, a policy that imitates the
+    demonstrations answers carry problems wrongly when greedy: a systematic flaw of its SFT data
+    that the exact-match reward exposes and RL can unlearn.
     """
+    if not 0.0 <= carry_drop <= 1.0:
+        raise ValueError(f"carry_drop must be in [0, 1], got {carry_drop}")
     digits = _check_digits(digits)
-    problems = [
-        _problem_in_split("sft", index, seed, digits, held_out=False) for index in range(count)
-    ]
-    return [(problem.prompt, str(problem.answer)) for problem in problems]
+    pairs = []
+    for index in range(count):
+        problem = _problem_in_split("sft", index, seed, digits, held_out=False)
+        careless = random.Random(f"careless-{seed}-{index}").random() < carry_drop
+        answer = carry_free_sum(problem.a, problem.b) if careless else problem.answer
+        pairs.append((problem.prompt, str(answer)))
+    return pairs
 
 
 def parse_answer(completion: str) -> int | None:

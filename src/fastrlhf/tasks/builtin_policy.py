@@ -4,8 +4,11 @@
 that both `fastrlhf.model.hf_io.load_model` and `transformers.AutoModelForCausalLM` load. It is
 made by `python scripts/make_builtin_policy.py` (fixed seed; the recipe and its measured numbers
 are in that script's docstring and docs/LOG.md) with our own `train/sft.py`, and is deliberately
-*weak but learnable*: greedy held-out accuracy in `EXPECTED_GREEDY_ACCURACY` while sampling at
-temperature 1 solves many more problems within 8 tries, so RL has signal and room to improve.
+*flawed but learnable*: its demonstrations came from a careless annotator who drops every carry in
+75% of carry problems (`arithmetic.sft_demonstrations(carry_drop=0.75)`), so the policy imitates
+that — greedy held-out accuracy in `EXPECTED_GREEDY_ACCURACY`, nearly every greedy error a dropped
+carry — while sampling at temperature 1 often does carry, so the exact-match reward has signal and
+RL has a systematic flaw to unlearn.
 
 Left out: training on first use (the shipped file is small and avoids minutes of start-up).
 """
@@ -17,7 +20,7 @@ from pathlib import Path
 from fastrlhf.errors import UserError
 
 POLICY_DIR = Path(__file__).parent / "builtin_policy_model"  # a dir named like this module would confuse readers
-EXPECTED_GREEDY_ACCURACY = (0.10, 0.35)  # on eval_rows(100) of BUILTIN_DIGITS, greedy decoding
+EXPECTED_GREEDY_ACCURACY = (0.25, 0.50)  # on eval_rows(100) of BUILTIN_DIGITS, greedy decoding
 BUILTIN_DIGITS = (1, 2, 3)  # operand sizes the policy was trained on (= the task default)
 
 

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fastrlhf.errors import UserError
-from fastrlhf.telemetry.files import atomic_path
+from fastrlhf.files import atomic_path
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"

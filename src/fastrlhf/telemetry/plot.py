@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fastrlhf.errors import UserError
-from fastrlhf.telemetry.files import atomic_path
+from fastrlhf.files import atomic_path
 from fastrlhf.telemetry.metrics import EVAL_PREFIX, KL, RESPONSE_LENGTH, REWARD, read_metrics
 
 DEFAULT_NAME = "metrics.png"

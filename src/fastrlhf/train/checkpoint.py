@@ -28,7 +28,6 @@ import json
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fastrlhf.errors import UserError
+from fastrlhf.files import atomic_dir
 from fastrlhf.model.hf_io import read_state_dict, save_model, stack_projections
 
 FORMAT = 1
@@ -157,9 +157,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler,
     for stale in root.glob(".*step_*.tmp*"):  # ours and save_model's own temp dirs
         shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step_{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=root))
-    try:
-        tmp.rmdir()  # save_model creates it (atomically, via its own temp dir)
+    with atomic_dir(final) as tmp:
         save_model(model, tmp, extra_files=extra_files)
         opt_tensors, opt_meta = optimizer_files(model, optimizer, scheduler)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
@@ -169,23 +167,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler,
         _write_json(tmp / "rng.json", rng_plain)
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
         _write_json(tmp / "state.json", {"format": FORMAT, "step": step, "extra": extra})
-        _replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     prune_checkpoints(root, keep)
     return final
-
-
-def _replace(src: Path, dst: Path) -> None:
-    if dst.exists():
-        backup = dst.with_name(f".{dst.name}.tmp-old")
-        shutil.rmtree(backup, ignore_errors=True)
-        dst.rename(backup)
-        src.rename(dst)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        src.rename(dst)
 
 
 def _checkpoints(root: Path) -> list[tuple[int, Path]]:

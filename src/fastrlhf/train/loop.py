@@ -165,6 +165,8 @@ def train(config: Config, resume: bool = False, show_progress: bool = True) -> R
             writer.log(step + 1, metrics)
             progress.update(step + 1, metrics)
             result.history.append(metrics)
+            if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
+                writer.log(step + 1, run.eval_metrics())
             if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < t.steps:
                 run.checkpoint(step + 1)
         result.final_eval = run.eval_metrics()
