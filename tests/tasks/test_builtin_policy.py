@@ -11,12 +11,7 @@ from fastrlhf.tasks import arithmetic
 from fastrlhf.tasks.builtin_policy import BUILTIN_DIGITS, EXPECTED_GREEDY_ACCURACY, builtin_policy_dir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ CFG = ModelConfig(vocab_size=23, hidden_size=16, intermediate_size=24, num_layer
                   head_dim=8, max_position_embeddings=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: on a shared 2-core box two threads thrash (measured 4x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def fresh(seed: int = 0):

@@ -8,13 +8,7 @@ from fastrlhf.model.decoder import CausalLM
 from fastrlhf.train.optim import build_optimizer, build_scheduler, lr_multiplier, no_decay_names
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: on a shared 2-core box two threads thrash (measured 4x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("step, expected", [(0, 0.25), (1, 0.5), (3, 1.0), (4, 1.0), (9, 0.5), (14, 0.0), (20, 0.0)])

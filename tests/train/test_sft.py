@@ -9,13 +9,7 @@ from fastrlhf.train.optim import build_optimizer, build_scheduler
 from fastrlhf.train.sft import SFTConfig, accumulate_gradients, batch_indices, collate, response_nll, train_sft
 
 PAD = 0
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: on a shared 2-core box two threads thrash (measured 4x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_response_nll_hand_worked():

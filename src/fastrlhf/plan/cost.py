@@ -4,8 +4,10 @@ Notation: b sequences per DP rank (ceil(batch / dp)), prompt length Lp, generati
 S = Lp + Lg, F(c) = forward FLOPs per token attending to c keys (model_spec), R = achievable
 FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
 
-- GEMM rate for a micro-batch of t tokens (rows): R(t) = peak * flops_eff * t / (t + T_HALF).
-  A saturating curve standing in for a profiled table: small GEMMs do not fill the device.
+- GEMM rate for a micro-batch of t tokens (rows): R(t) = peak * flops_eff * t / (t + t_half),
+  t_half = Accelerator.gemm_half_rows (T_HALF = 64 for GPUs, an assumption; measured for the
+  cpu profile by calibrate.py, about 5 rows there). A saturating curve standing in for a profiled
+  table: small GEMMs do not fill the device.
 - Ring all-reduce of n bytes over g GPUs (Patarasuk & Yuan 2009): alpha + 2 (g-1)/g * n / B.
 - A pipelined pass (GPipe / 1F1B schedule, Narayanan et al. 2021 eq. 1): with m micro-batches over
   pp stages the pass takes (m + pp - 1) * t_stage, t_stage = one micro-batch on one stage:
@@ -49,7 +51,7 @@ OPTIMIZER_BYTES_PER_PARAM = 30
 
 
 def gemm_rate(acc: Accelerator, tokens: float) -> float:
-    return acc.flops * tokens / (tokens + T_HALF)
+    return acc.flops * tokens / (tokens + acc.gemm_half_rows)
 
 
 def allreduce_time(nbytes: float, group: int, bandwidth: float, latency: float) -> float:

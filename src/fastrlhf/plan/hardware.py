@@ -21,8 +21,8 @@ measurements, and are listed per field below). Sources for the peak numbers:
   small-message NCCL all-reduce latencies; an assumption.
 
 The `cpu` profile is a placeholder with plausible laptop numbers; `accelerator_from_measurements`
-builds a profile from measured FLOP/s and bandwidth (the calibration micro-benchmark that fills it
-is not written yet: it needs our decoder).
+builds a profile from measured FLOP/s and bandwidth, and `calibrate.calibrate_cpu()` fills it from
+a micro-benchmark of this machine (validated against our decoder in `validate.py`).
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ class Accelerator:
     bw_eff: float = 0.8  # achievable fraction of memory bandwidth (assumption)
     link_eff: float = 0.8  # achievable fraction of link bandwidth (assumption)
     memory_eff: float = 0.9  # usable fraction of memory (context, fragmentation; assumption)
+    # rows t at which a GEMM reaches half its large-GEMM rate: R(t) = flops * t / (t + this)
+    # (cost.gemm_rate). 64 for GPUs is an assumption; the cpu profile measures it (calibrate.py)
+    gemm_half_rows: float = 64.0
 
     @property
     def flops(self) -> float:
@@ -90,10 +93,11 @@ ACCELERATORS["A100"] = ACCELERATORS["A100-80G"]
 
 
 def accelerator_from_measurements(name: str, flops: float, mem_bw: float, memory_bytes: float,
-                                  link_bw: float = 1 * GB, latency: float = 50e-6) -> Accelerator:
+                                  link_bw: float = 1 * GB, latency: float = 50e-6,
+                                  gemm_half_rows: float = 64.0) -> Accelerator:
     """An accelerator whose rates are *measured* (e.g. the cpu profile): efficiencies are 1."""
     return Accelerator(name, flops, memory_bytes, mem_bw, link_bw, link_bw, mem_bw, latency,
-                       latency, 1.0, 1.0, 1.0, 0.8)
+                       latency, 1.0, 1.0, 1.0, 0.8, gemm_half_rows)
 
 
 def get_accelerator(name: str) -> Accelerator:

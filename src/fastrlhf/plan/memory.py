@@ -5,7 +5,8 @@ Implemented (P = parameters of the largest pipeline stage, see `stage_params`):
   replicated norms are counted as split -- an error of O(h) bytes).
 - training states, mixed-precision Adam as in Megatron: bf16 weights 2, fp32 gradient accumulator
   4, fp32 master weights + Adam m + v 12 bytes per parameter (18 in total), divided by tp;
-  ZeRO stage >= 1 shards the 12 over dp, >= 2 also the 4, >= 3 also the 2.
+  ZeRO stage >= 1 shards the 12 over dp, >= 2 also the 4, >= 3 also the 2. With fp32 weights
+  (dtype_bytes 4, our CPU runs) the weights are the master copy: 4 + 4 + 8 = 16 bytes.
 - training activations, 1F1B: the first stage holds min(pp, n_micro) micro-batches in flight, each
   tokens_mb * act_bytes_per_token_layer * ceil(L/pp) / tp (sequence parallelism shards all of it),
   plus the fp32 logits of one micro-batch tokens_mb * 4V / tp (vocab-parallel).
@@ -44,7 +45,8 @@ def weight_bytes(model: ModelSpec, layout: Layout) -> float:
 
 def train_state_bytes(model: ModelSpec, layout: Layout, zero_stage: int) -> float:
     per_gpu = stage_params(model, layout.pp) / layout.tp
-    weights, grads, optim = model.dtype_bytes, GRAD_BYTES, ADAM_STATE_BYTES
+    master = 4 if model.dtype_bytes >= 4 else 0  # fp32 weights need no separate master copy
+    weights, grads, optim = model.dtype_bytes, GRAD_BYTES, ADAM_STATE_BYTES - master
     if zero_stage >= 1:
         optim /= layout.dp
     if zero_stage >= 2:
