@@ -36,10 +36,14 @@ def digit_reward(tmp_path_factory):
 
 
 def config(tiny_policy, run_dir, steps, extra=()):
-    return load_config(None, [f"model.path={tiny_policy}", f"train.run_dir={run_dir}", f"train.steps={steps}",
+    return load_config(None, config_overrides(tiny_policy, run_dir, steps, extra))
+
+
+def config_overrides(tiny_policy, run_dir, steps, extra=()):
+    return [f"model.path={tiny_policy}", f"train.run_dir={run_dir}", f"train.steps={steps}",
                               "train.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=5",
                               "train.checkpoint_every=2", "task.eval_size=8", "train.micro_batch_size=6",
-                              "train.mini_batches=2", "algorithm.kl_coef=0.05", "train.lr=0.01", *extra])
+                              "train.mini_batches=2", "algorithm.kl_coef=0.05", "train.lr=0.01", *extra]
 
 
 def test_resume_is_bit_identical(tiny_policy, digit_reward, tmp_path, monkeypatch):
@@ -119,3 +123,50 @@ def test_bad_config_is_one_line_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not run_dir.exists()
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(tiny_policy, digit_reward, tmp_path, monkeypatch):
+    """A SIGINT during step 2 of 4 (checkpoints only at the end) → checkpoint at step 2, exit 130;
+    resuming gives the same final weights as an uninterrupted run."""
+    import os
+    import signal
+
+    from fastrlhf.train import loop
+
+    reward = [f"task.reward={digit_reward}", "train.checkpoint_every=0"]
+    train(config(tiny_policy, tmp_path / "straight", 4, reward), show_progress=False)
+    original_step = loop.Run.step
+
+    def interrupted_during_step_2(self, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step; the step still completes
+        return original_step(self, step)
+
+    monkeypatch.setattr(loop.Run, "step", interrupted_during_step_2)
+    run_dir = tmp_path / "stopped"
+    args = [f"{o}" for o in config_overrides(tiny_policy, run_dir, 4, reward)]
+    assert main(["train", *args, "--quiet"]) == 130
+    assert (run_dir / "checkpoints" / "step_000002" / "state.json").is_file()
+    monkeypatch.setattr(loop.Run, "step", original_step)
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    a = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    b = load_file(str(run_dir / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_user_prompts_and_reward_function_run_end_to_end(tiny_policy, tmp_path):
+    """The user path: a JSONL prompt file whose extra fields reach a `file.py:function` reward."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "{a}+{a}=", "target": "{a % 10}"}}\n' for a in range(12)))
+    reward = tmp_path / "rewards.py"
+    reward.write_text(
+        "def hits(completions, target, **fields):\n"  # fails (exit 2) unless `target` arrives
+        "    return [float(c.count(t)) for c, t in zip(completions, target)]\n")
+    run_dir = tmp_path / "run"
+    code = main(["train", f"model.path={tiny_policy}", f"train.run_dir={run_dir}", f"task.prompts={prompts}",
+                 f"task.reward={reward}:hits", "train.steps=3", "train.prompts_per_step=5",
+                 "rollout.samples_per_prompt=3", "rollout.max_new_tokens=4", "--quiet"])
+    assert code == 0
+    lines = [__import__("json").loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if "reward" in m] == [1, 2, 3]
+    assert (run_dir / "final" / "model.safetensors").is_file()

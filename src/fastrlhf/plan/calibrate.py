@@ -3,20 +3,28 @@
 Three numbers, each the median of several timed repeats after a warm-up, at a fixed thread count
 (`torch.set_num_threads(threads)` for the duration, restored afterwards):
 
-- flops: fp32 GEMM rate of `x @ W^T` with x [ROWS, K], W [N, K] (ROWS = 512, K = 512, N = 1376:
-  the shape of an MLP projection of the hidden-512 decoders we validate on), 2*ROWS*K*N FLOPs.
+- flops: fp32 GEMM rate of `x @ W^T`, x [ROWS = 512, K], over a set of weight matrices W [N, K]
+  with the (K, N) shapes of the q/k/v, o, gate/up and down projections of hidden-256 and
+  hidden-512 decoders (SHAPES), cycled until WEIGHT_BYTES = 64 MB of weights were used (more
+  than the last-level cache, as in a real model): total 2*ROWS*K*N FLOPs / median time.
 - gemm_half_rows: t_half of the cost model's saturating GEMM curve R(t) = flops * t / (t + t_half)
-  (cost.gemm_rate), solved from the rate R_s at SMALL_ROWS = 8 rows (a decode step's batch):
-  t_half = t * (flops / R_s - 1). On GPUs the planner assumes 64 rows; one CPU core fills its
-  vector units with far fewer (about 5 here), so the GPU number would make CPU decode appear
-  several times compute-bound.
+  (cost.gemm_rate), solved from the rate R_s of the same weights with SMALL_ROWS = 8 rows (a
+  decode step's batch): t_half = t * (flops / R_s - 1). With few rows a CPU GEMM is limited by
+  how fast one core streams the weights out of DRAM (slower than a plain copy), which this
+  captures; the GPU default of 64 rows was an assumption, not a measurement.
 - mem_bw: bandwidth of a large copy (COPY_BYTES = 256 MB, beyond any last-level cache), counting
   bytes read + bytes written.
 
-Left out: a per-operator dispatch latency (the cost model has no term for kernel-launch /
-Python overheads), cache effects for weights that fit in L2/L3, more than one GEMM shape, and
-bf16 (our CPU runs are fp32). torch is imported inside the functions, so `plan/` stays importable
-without it.
+- step_latency, layer_latency: fixed costs of one decode step of our rollout engine (embedding,
+  masks, head, sampler) and of one decoder layer in it, from a negligible-size decoder (hidden 64,
+  vocab 64, batch 1, so FLOPs and bytes are nothing): the per-token time of `generate` with 1 and
+  with LATENCY_LAYERS layers gives layer_latency = (t_n - t_1) / (n - 1), step_latency =
+  t_1 - layer_latency. They stand for Python dispatch and kernel-call overheads, which the GPU
+  profiles leave out and which dominate tiny models on a CPU.
+
+Left out: cache effects for weights that fit in L2/L3, bf16 (our CPU runs are fp32), threads
+other than the one count measured. torch (and, for the latencies, our decoder and engine) is
+imported inside the functions, so `plan/` stays importable without it.
 """
 
 from __future__ import annotations
@@ -29,9 +37,13 @@ from typing import Callable
 
 from fastrlhf.plan.hardware import GiB, Accelerator, accelerator_from_measurements
 
-ROWS, K, N = 512, 512, 1376
+ROWS = 512
 SMALL_ROWS = 8
+SHAPES = ((256, 768), (256, 256), (256, 1376), (688, 256), (512, 1536), (512, 512), (512, 2752),
+          (1376, 512))
+WEIGHT_BYTES = 64 * 2**20
 COPY_BYTES = 256 * 2**20
+LATENCY_LAYERS = 4
 
 
 def median_time(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
@@ -60,16 +72,28 @@ def num_threads(threads: int | None):
         torch.set_num_threads(old)
 
 
-def matmul_rate(rows: int, k: int = K, n: int = N, repeats: int = 9) -> float:
-    """FLOP/s of an fp32 `linear` with `rows` input rows: 2*rows*k*n / median time."""
+def weight_set(shapes=SHAPES, total_bytes: int = WEIGHT_BYTES):
+    """fp32 matrices [N, K] of `shapes`, repeated until they hold `total_bytes`."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    weights, nbytes = [], 0
+    while nbytes < total_bytes:
+        for k, n in shapes:
+            weights.append(torch.randn(n, k, generator=gen))
+            nbytes += 4 * n * k
+    return weights
+
+
+def matmul_rate(rows: int, weights, repeats: int = 5) -> float:
+    """FLOP/s of fp32 `linear` of `rows` input rows through every matrix of `weights`."""
     import torch
     import torch.nn.functional as F
 
-    gen = torch.Generator().manual_seed(0)
-    x, w = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen)
-    inner = max(1, 2**22 // (rows * k * n // 1024 + 1))  # repeat tiny GEMMs to ~ms durations
-    seconds = median_time(lambda: [F.linear(x, w) for _ in range(inner)], repeats)
-    return 2.0 * rows * k * n * inner / seconds
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+    flops = sum(2.0 * rows * w.shape[0] * w.shape[1] for w in weights)
+    seconds = median_time(lambda: [F.linear(inputs[w.shape[1]], w) for w in weights], repeats)
+    return flops / seconds
 
 
 def copy_bandwidth(nbytes: int = COPY_BYTES, repeats: int = 5) -> float:
@@ -86,6 +110,42 @@ def half_rows(flops: float, rate_small: float, rows: int = SMALL_ROWS) -> float:
     return max(0.0, rows * (flops / rate_small - 1.0))
 
 
+def decode_token_time(model, batch: int = 1, prompt: int = 8, short: int = 4, long: int = 36,
+                      repeats: int = 5) -> float:
+    """Seconds per generated token of `RolloutEngine.generate` (greedy, `batch` sequences): the
+    median time of `long` new tokens minus that of `short`, over `long - short` (prefill and set-up
+    cancel)."""
+    from fastrlhf.rollout.engine import RolloutEngine
+    from fastrlhf.rollout.sampler import SamplingParams
+
+    engine = RolloutEngine(model, num_slots=batch)
+    vocab = model.config.vocab_size
+    prompts = [[(7 * i + j) % vocab for j in range(prompt)] for i in range(batch)]
+
+    def run(n: int) -> float:
+        return median_time(lambda: engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=n)),
+                           repeats, warmup=1)
+
+    return (run(long) - run(short)) / (long - short)
+
+
+def dispatch_latencies(layers: int = LATENCY_LAYERS) -> tuple[float, float]:
+    """(step_latency, layer_latency) from decode steps of negligible-size decoders."""
+    import torch
+
+    from fastrlhf.model.config import ModelConfig
+    from fastrlhf.model.decoder import CausalLM
+
+    times = []
+    for n in (1, layers):
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_layers=n,
+                          num_heads=1, num_kv_heads=1, head_dim=64)
+        times.append(decode_token_time(CausalLM(cfg)))
+    layer = max(0.0, (times[1] - times[0]) / (layers - 1))
+    return max(0.0, times[0] - layer), layer
+
+
 def physical_memory() -> float:
     try:
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -96,8 +156,11 @@ def physical_memory() -> float:
 def calibrate_cpu(threads: int | None = 1) -> Accelerator:
     """Measure this machine (a few seconds) and return the `cpu` profile built from it."""
     with num_threads(threads):
-        flops = matmul_rate(ROWS)
-        small = matmul_rate(SMALL_ROWS)
+        weights = weight_set()
+        flops = matmul_rate(ROWS, weights, repeats=3)
+        small = matmul_rate(SMALL_ROWS, weights, repeats=9)
         bandwidth = copy_bandwidth()
+        step_latency, layer_latency = dispatch_latencies()
     return accelerator_from_measurements("cpu", flops, bandwidth, physical_memory(),
-                                         gemm_half_rows=half_rows(flops, small))
+                                         gemm_half_rows=half_rows(flops, small),
+                                         step_latency=step_latency, layer_latency=layer_latency)

@@ -23,7 +23,8 @@ FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
   decode_batch * Lp tokens, pp micro-batches) + Lg decode steps at the mean context Lp + Lg/2.
   A decode step is memory-bound or compute-bound, whichever is slower, plus communication:
     memory   (2 P / tp  +  decode_batch * ctx * kv_bytes_per_token / (min(tp, kv_heads) * pp)) / W
-             (with pp micro-batches each stage re-reads its weights once per micro-batch, so
+             (P without an untied embedding table: a lookup reads one row per sequence;
+             with pp micro-batches each stage re-reads its weights once per micro-batch, so
              pipelining saves memory but not weight reads -- ReaLHF's reason to decode without pp)
     compute  decode_batch * F(ctx) / (tp * pp * R(decode_batch / pp))
     comm     2 L all-reduces of decode_batch/pp * h * 2 bytes + pp point-to-point hops.
@@ -33,6 +34,11 @@ FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
   layout and mesh are unchanged. Partial reuse of slices already on the GPU is left out.
 - Reload of an offloaded model: 2 P_stage / tp bytes over the host link.
 - Data transfer between meshes: alpha + bytes / (min(|src|, |dst|) * link bandwidth).
+- Dispatch overheads (Accelerator.step_latency, layer_latency; 0 for the GPU profiles, measured
+  for the cpu profile by calibrate.py): a decode step adds step_latency + L * layer_latency; a
+  pipeline stage adds j * ceil(L/pp) * layer_latency (j = 1 forward, 2 forward+backward).
+- A decode step streams the weights it multiplies with: all parameters except an untied
+  embedding table, of which it reads only one row per sequence.
 Left out: response-length variance (every sequence generates exactly Lg tokens), sampling and
 logit cost beyond the head GEMM, kernel-launch overheads, compute/communication overlap.
 """
@@ -76,7 +82,8 @@ def stage_time(model: ModelSpec, acc: Accelerator, layout: Layout, tokens_mb: fl
     pp_comm = 0.0
     if layout.pp > 1:
         pp_comm = j * p2p_time(act, acc.link_bw(pp_intra), acc.latency(pp_intra))
-    return compute + tp_comm + pp_comm
+    overhead = j * math.ceil(model.n_layers / layout.pp) * acc.layer_latency
+    return compute + tp_comm + pp_comm + overhead
 
 
 def pass_time(model: ModelSpec, acc: Accelerator, layout: Layout, tokens: float, ctx: float,
@@ -117,7 +124,8 @@ def train_time(model, acc, layout, batch, seq_len, n_micro, pp_intra, dp_intra, 
 def decode_step_time(model: ModelSpec, acc: Accelerator, layout: Layout, batch: int, ctx: float,
                      pp_intra: bool) -> float:
     kv_split = min(layout.tp, model.n_kv_heads) * layout.pp
-    nbytes = model.n_params * model.dtype_bytes / layout.tp
+    streamed = model.n_params - (0 if model.tie_embeddings else model.embed_params)
+    nbytes = streamed * model.dtype_bytes / layout.tp
     nbytes += batch * ctx * model.kv_bytes_per_token / kv_split
     memory = nbytes / acc.mem_bw
     mb = batch / layout.pp
@@ -126,7 +134,8 @@ def decode_step_time(model: ModelSpec, acc: Accelerator, layout: Layout, batch: 
     comm = 2 * model.n_layers * allreduce_time(act, layout.tp, acc.link_bw(True), acc.latency(True))
     if layout.pp > 1:
         comm += layout.pp * p2p_time(act, acc.link_bw(pp_intra), acc.latency(pp_intra))
-    return max(memory, compute) + comm
+    overhead = acc.step_latency + model.n_layers * acc.layer_latency
+    return max(memory, compute) + comm + overhead
 
 
 def generate_time(model, acc, layout, batch, prompt_len, gen_len, decode_batch, pp_intra) -> float:

@@ -58,6 +58,10 @@ class Accelerator:
     # rows t at which a GEMM reaches half its large-GEMM rate: R(t) = flops * t / (t + this)
     # (cost.gemm_rate). 64 for GPUs is an assumption; the cpu profile measures it (calibrate.py)
     gemm_half_rows: float = 64.0
+    # fixed time per model invocation (decode step incl. sampling) and per layer per invocation:
+    # dispatch / launch overheads. 0 for GPUs (left out there); measured for the cpu profile.
+    step_latency: float = 0.0
+    layer_latency: float = 0.0
 
     @property
     def flops(self) -> float:
@@ -94,10 +98,11 @@ ACCELERATORS["A100"] = ACCELERATORS["A100-80G"]
 
 def accelerator_from_measurements(name: str, flops: float, mem_bw: float, memory_bytes: float,
                                   link_bw: float = 1 * GB, latency: float = 50e-6,
-                                  gemm_half_rows: float = 64.0) -> Accelerator:
+                                  gemm_half_rows: float = 64.0, step_latency: float = 0.0,
+                                  layer_latency: float = 0.0) -> Accelerator:
     """An accelerator whose rates are *measured* (e.g. the cpu profile): efficiencies are 1."""
     return Accelerator(name, flops, memory_bytes, mem_bw, link_bw, link_bw, mem_bw, latency,
-                       latency, 1.0, 1.0, 1.0, 0.8, gemm_half_rows)
+                       latency, 1.0, 1.0, 1.0, 0.8, gemm_half_rows, step_latency, layer_latency)
 
 
 def get_accelerator(name: str) -> Accelerator:

@@ -9,7 +9,10 @@ Implemented (P = parameters of the largest pipeline stage, see `stage_params`):
   (dtype_bytes 4, our CPU runs) the weights are the master copy: 4 + 4 + 8 = 16 bytes.
 - training activations, 1F1B: the first stage holds min(pp, n_micro) micro-batches in flight, each
   tokens_mb * act_bytes_per_token_layer * ceil(L/pp) / tp (sequence parallelism shards all of it),
-  plus the fp32 logits of one micro-batch tokens_mb * 4V / tp (vocab-parallel).
+  plus the fp32 logits of one micro-batch tokens_mb * 4V / tp (vocab-parallel), times
+  `logit_copies`: 1 for a fused in-place cross-entropy (Megatron's vocab-parallel loss, the
+  planner's default); 3 for plain `F.cross_entropy` (our CPU trainer): the log-softmax output it
+  saves, then in backward the gradient w.r.t. it and the gradient w.r.t. the logits.
 - forward-only activations: one layer's activations of a micro-batch plus its logits, / tp.
 - KV cache per sequence of length S: S * 2 * ceil(L/pp) * kv_dim * 2 / min(tp, n_kv_heads)
   (key/value heads are replicated once tp exceeds them).
@@ -56,11 +59,12 @@ def train_state_bytes(model: ModelSpec, layout: Layout, zero_stage: int) -> floa
     return per_gpu * (weights + grads + optim)
 
 
-def train_act_bytes(model: ModelSpec, layout: Layout, tokens_mb: float, n_micro: int) -> float:
+def train_act_bytes(model: ModelSpec, layout: Layout, tokens_mb: float, n_micro: int,
+                    logit_copies: int = 1) -> float:
     layers = math.ceil(model.n_layers / layout.pp)
     in_flight = min(layout.pp, n_micro)
     acts = tokens_mb * model.act_bytes_per_token_layer * layers * in_flight
-    return (acts + tokens_mb * model.logit_bytes_per_token) / layout.tp
+    return (acts + logit_copies * tokens_mb * model.logit_bytes_per_token) / layout.tp
 
 
 def forward_act_bytes(model: ModelSpec, layout: Layout, tokens_mb: float) -> float:

@@ -12,7 +12,8 @@ For each `Case` (a decoder shape and a workload) this measures, at a fixed threa
   storage only (no allocator caching or library workspaces outside torch's allocator).
 Times are medians of `repeats` runs after a warm-up. Predictions come from `cost.inference_time`,
 `cost.train_time` (zero_stage 0, one device) and `cost.decode_step_time`, and from
-`memory.train_state_bytes + memory.train_act_bytes`, for the `ModelSpec` read from the model's HF
+`memory.train_state_bytes + memory.train_act_bytes` (with the 3 logit-sized copies of plain
+`F.cross_entropy`, see memory.py), for the `ModelSpec` read from the model's HF
 config dict with fp32 (4-byte) elements, on the profile from `calibrate.calibrate_cpu`.
 
 Left out: the loss / softmax cost and the sampler (not in the cost model), multi-threaded runs.
@@ -22,11 +23,10 @@ torch is imported inside functions so `plan/` stays importable without it.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 
 from fastrlhf.plan import cost, memory
-from fastrlhf.plan.calibrate import median_time, num_threads
+from fastrlhf.plan.calibrate import decode_token_time, median_time, num_threads
 from fastrlhf.plan.hardware import Accelerator
 from fastrlhf.plan.layout import Layout
 from fastrlhf.plan.model_spec import ModelSpec, from_hf_config
@@ -81,15 +81,16 @@ def predict(spec: ModelSpec, acc: Accelerator, case: Case) -> dict[str, float]:
         "train_step_s": cost.train_time(spec, acc, ONE, case.batch, case.seq, 1, True, True, 0),
         "decode_token_s": cost.decode_step_time(spec, acc, ONE, case.decode_batch, ctx, True),
         "train_peak_bytes": memory.train_state_bytes(spec, ONE, 0)
-        + memory.train_act_bytes(spec, ONE, tokens, 1),
+        + memory.train_act_bytes(spec, ONE, tokens, 1, logit_copies=3),
     }
 
 
 def _train_step(model, optimizer, ids):
     import torch.nn.functional as F
 
-    logits = model(ids[:, :-1])  # [B, T-1, V]
+    logits = model(ids[:, :-1])  # [B, T, V]
     loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    del logits  # a trainer does not hold the logits through backward (the loss saved log-probs)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -115,18 +116,6 @@ def peak_train_bytes(model, optimizer, ids) -> float:
     return before + peak
 
 
-def decode_time(model, case: Case, gen: int) -> float:
-    from fastrlhf.rollout.engine import RolloutEngine
-    from fastrlhf.rollout.sampler import SamplingParams
-
-    engine = RolloutEngine(model, num_slots=case.decode_batch)
-    prompts = [[(7 * i + j) % case.vocab for j in range(case.prompt)] for i in range(case.decode_batch)]
-    params = SamplingParams(temperature=0, max_new_tokens=gen)
-    start = time.perf_counter()
-    engine.generate(prompts, params)
-    return time.perf_counter() - start
-
-
 def measure(model, case: Case, repeats: int = 5) -> dict[str, float]:
     import torch
 
@@ -137,11 +126,9 @@ def measure(model, case: Case, repeats: int = 5) -> dict[str, float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     train = median_time(lambda: _train_step(model, optimizer, ids), repeats)
     peak = peak_train_bytes(model, optimizer, ids)
-    short = median_time(lambda: decode_time(model, case, case.gen_short), repeats, warmup=1)
-    long = median_time(lambda: decode_time(model, case, case.gen_long), repeats, warmup=1)
-    return {"forward_s": fwd, "train_step_s": train,
-            "decode_token_s": (long - short) / (case.gen_long - case.gen_short),
-            "train_peak_bytes": peak}
+    decode = decode_token_time(model, case.decode_batch, case.prompt, case.gen_short, case.gen_long,
+                               repeats)
+    return {"forward_s": fwd, "train_step_s": train, "decode_token_s": decode, "train_peak_bytes": peak}
 
 
 def validate(acc: Accelerator, cases=CASES, threads: int | None = 1, repeats: int = 5) -> list[dict]:
@@ -173,7 +160,8 @@ def main() -> None:
 
     acc = calibrate_cpu(threads=1)
     print(f"cpu profile (1 thread): {acc.flops / 1e9:.1f} GFLOP/s fp32 GEMM, "
-          f"{acc.mem_bw / 1e9:.1f} GB/s copy, GEMM half-rate at {acc.gemm_half_rows:.1f} rows")
+          f"{acc.mem_bw / 1e9:.1f} GB/s copy, GEMM half-rate at {acc.gemm_half_rows:.1f} rows, "
+          f"decode step {acc.step_latency * 1e3:.2f} ms + {acc.layer_latency * 1e3:.2f} ms/layer")
     print(format_table(validate(acc)))
 
 

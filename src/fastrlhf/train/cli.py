@@ -62,8 +62,13 @@ def run_train(args: argparse.Namespace) -> int:
     existed = run_dir.exists()
     from fastrlhf.train.loop import train
 
+    from fastrlhf.train.interrupt import TrainingInterrupted
+
     try:
         result = train(config, resume=bool(args.resume), show_progress=not args.quiet)
+    except TrainingInterrupted as stop:
+        print(f"fastrlhf: {stop}; continue with: fastrlhf train --resume {run_dir}", file=sys.stderr)
+        return 130
     except (UserError, KeyboardInterrupt):
         _remove_if_nothing_saved(run_dir, existed)
         raise

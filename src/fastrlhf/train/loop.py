@@ -4,7 +4,8 @@ One step = one iteration of the algorithm's dataflow graph on `prompts_per_step`
 `LocalExecutor`; the loop knows nothing algorithm-specific. Around it: held-out evaluation at the
 start and end, metrics (JSONL + TensorBoard) and a progress line every step, an atomic checkpoint
 every `checkpoint_every` steps (weights, optimizer, scheduler, data position, config) from which
-`resume` continues bit-identically, and the final policy exported as an HF directory.
+`resume` continues bit-identically, and the final policy exported as an HF directory. Ctrl-C stops
+after the current step with a checkpoint (train/interrupt.py), so an interrupted run loses nothing.
 
 Determinism: sampling and the trainer's shuffling are seeded by (seed, step) — not by a global RNG
 stream — so a resumed run draws exactly what the uninterrupted run would have drawn.
@@ -35,6 +36,7 @@ from fastrlhf.telemetry.progress import Progress
 from fastrlhf.train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from fastrlhf.train.data import prompt_source
 from fastrlhf.train.evaluate import evaluate
+from fastrlhf.train.interrupt import GracefulStop, TrainingInterrupted
 from fastrlhf.train.optim import build_optimizer, build_scheduler
 from fastrlhf.train.workers import ActorWorker, ReferenceWorker, RewardWorker
 
@@ -155,7 +157,7 @@ def train(config: Config, resume: bool = False, show_progress: bool = True) -> R
     t = config.train
     result = RunResult(run.run_dir, run.run_dir / "final")
     with MetricsWriter(run.run_dir, resume_from_step=run.start_step if resume else None) as writer, \
-            Progress(t.steps, start_step=run.start_step, enabled=show_progress) as progress:
+            Progress(t.steps, start_step=run.start_step, enabled=show_progress) as progress, GracefulStop() as stop:
         if not resume:
             result.start_eval = run.eval_metrics()
             writer.log(0, result.start_eval)
@@ -169,6 +171,10 @@ def train(config: Config, resume: bool = False, show_progress: bool = True) -> R
                 writer.log(step + 1, run.eval_metrics())
             if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < t.steps:
                 run.checkpoint(step + 1)
+            elif stop.requested and step + 1 < t.steps:
+                run.checkpoint(step + 1)
+            if stop.requested and step + 1 < t.steps:
+                raise TrainingInterrupted(step + 1, str(latest_checkpoint(run.run_dir)))
         result.final_eval = run.eval_metrics()
         writer.log(t.steps, result.final_eval)
         progress.phase(_eval_line("final", result.final_eval))
