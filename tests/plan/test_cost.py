@@ -48,13 +48,28 @@ def test_train_time_adds_grad_sync_and_adam(tiny, toy_acc):
 
 
 def test_decode_step_memory_bound(tiny, toy_acc):
-    # weights 2704 B + KV 64 seqs x ctx 3 x 32 B, at 0.5e9 B/s; compute is 25x smaller
-    expected = (2704 + 64 * 3 * 32) / 0.5e9
+    # weights 2704 B less the untied embedding table (10 x 8 x 2 B, a lookup reads one row)
+    # + KV 64 seqs x ctx 3 x 32 B, at 0.5e9 B/s; compute is 25x smaller
+    expected = (2544 + 64 * 3 * 32) / 0.5e9
     assert cost.decode_step_time(tiny, toy_acc, Layout(1, 1, 1), 64, 3, True) == pytest.approx(expected)
     # pp 2 re-reads weights per micro-batch but halves the KV read, plus 2 intra-node hops
     got = cost.decode_step_time(tiny, toy_acc, Layout(1, 1, 2), 64, 3, True)
     hop = 1e-6 + 32 * 8 * 2 / 1e9
-    assert got == pytest.approx((2704 + 64 * 3 * 32 / 2) / 0.5e9 + 2 * hop)
+    assert got == pytest.approx((2544 + 64 * 3 * 32 / 2) / 0.5e9 + 2 * hop)
+
+
+def test_measured_gemm_curve_and_dispatch_latencies(tiny, toy_acc):
+    import dataclasses
+
+    acc = dataclasses.replace(toy_acc, gemm_half_rows=10.0, step_latency=1e-3, layer_latency=1e-4)
+    assert cost.gemm_rate(acc, 10) == pytest.approx(0.5e12 * 0.5)
+    base = cost.decode_step_time(tiny, toy_acc, Layout(1, 1, 1), 64, 3, True)
+    slow = dataclasses.replace(toy_acc, step_latency=1e-3, layer_latency=1e-4)
+    # + step latency + 2 layers x layer latency
+    assert cost.decode_step_time(tiny, slow, Layout(1, 1, 1), 64, 3, True) == pytest.approx(base + 1.2e-3)
+    # a forward+backward stage pays the layer latency twice per layer
+    fwd_bwd = cost.stage_time(tiny, toy_acc, Layout(1, 1, 1), 10, 3, True, True)
+    assert cost.stage_time(tiny, slow, Layout(1, 1, 1), 10, 3, True, True) == pytest.approx(fwd_bwd + 4e-4)
 
 
 def test_generate_time_waves(tiny, toy_acc):

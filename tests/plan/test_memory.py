@@ -34,3 +34,13 @@ def test_activation_and_kv_bytes(tiny):
     assert kv_bytes_per_seq(tiny, Layout(1, 2, 1), 10) == 320
     assert kv_bytes_per_seq(tiny, Layout(1, 1, 2), 10) == 160
     assert prefill_act_bytes(tiny, Layout(1, 1, 1), 10**6) == 4096 * 280
+
+
+def test_fp32_training_and_unfused_loss(tiny):
+    import dataclasses
+
+    fp32 = dataclasses.replace(tiny, dtype_bytes=4)
+    # fp32 weights are the master copy: 4 weights + 4 grads + 8 Adam m, v
+    assert train_state_bytes(fp32, Layout(1, 1, 1), 0) == 1352 * 16
+    # plain F.cross_entropy: logits, saved log-probs' gradient and logits' gradient = 3 x 40 B/token
+    assert train_act_bytes(fp32, Layout(1, 1, 1), 10, 1, logit_copies=3) == 10 * 480 * 2 + 3 * 400

@@ -17,8 +17,11 @@ FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
   Full-sequence passes use ctx = (S + 1) / 2 (causal attention, flash kernels skip the masked half).
 - Training adds the DP gradient all-reduce of 2 * P_stage / tp bytes (bf16 gradients, not
   overlapped with backward: conservative) and the Adam step, memory-bound at 30 bytes per
-  parameter touched (read fp32 master, m, v, grad; write master, m, v, bf16 copy), over dp when
-  ZeRO shards it.
+  parameter touched (read fp32 master, m, v, grad; write master, m, v, bf16 copy: a fused kernel),
+  over dp when ZeRO shards it. `adam_bytes` overrides the 30: PyTorch's unfused (foreach) fp32
+  AdamW, which our CPU trainer runs, makes nine passes, UNFUSED_ADAMW_BYTES = 92 bytes/parameter:
+  decay p*=(1-lr*wd) 8, m.lerp_(g) 12, v*=b2 8, g*(1-b2) -> new 8, v.addcmul_ 16, sqrt(v) -> new 8,
+  /bias-correction 8, +eps 8, p.addcdiv_(m, .) 16.
 - Generation of b sequences in waves of `decode_batch`: each wave = prefill (a forward pass over
   decode_batch * Lp tokens, pp micro-batches) + Lg decode steps at the mean context Lp + Lg/2.
   A decode step is memory-bound or compute-bound, whichever is slower, plus communication:
@@ -54,6 +57,7 @@ from fastrlhf.plan.model_spec import ModelSpec
 
 T_HALF = 64.0
 OPTIMIZER_BYTES_PER_PARAM = 30
+UNFUSED_ADAMW_BYTES = 92
 
 
 def gemm_rate(acc: Accelerator, tokens: float) -> float:
@@ -98,11 +102,12 @@ def grad_sync_time(model: ModelSpec, acc: Accelerator, layout: Layout, dp_intra:
     return allreduce_time(nbytes, layout.dp, acc.link_bw(dp_intra), acc.latency(dp_intra))
 
 
-def optimizer_time(model: ModelSpec, acc: Accelerator, layout: Layout, zero_stage: int) -> float:
+def optimizer_time(model: ModelSpec, acc: Accelerator, layout: Layout, zero_stage: int,
+                   adam_bytes: float = OPTIMIZER_BYTES_PER_PARAM) -> float:
     params = stage_params(model, layout.pp) / layout.tp
     if zero_stage >= 1:
         params /= layout.dp
-    return params * OPTIMIZER_BYTES_PER_PARAM / acc.mem_bw
+    return params * adam_bytes / acc.mem_bw
 
 
 def per_rank(batch: int, layout: Layout) -> int:
@@ -114,11 +119,12 @@ def inference_time(model, acc, layout, batch, seq_len, n_micro, pp_intra) -> flo
     return pass_time(model, acc, layout, tokens, (seq_len + 1) / 2, n_micro, False, pp_intra)
 
 
-def train_time(model, acc, layout, batch, seq_len, n_micro, pp_intra, dp_intra, zero_stage) -> float:
+def train_time(model, acc, layout, batch, seq_len, n_micro, pp_intra, dp_intra, zero_stage,
+               adam_bytes: float = OPTIMIZER_BYTES_PER_PARAM) -> float:
     tokens = per_rank(batch, layout) * seq_len
     step = pass_time(model, acc, layout, tokens, (seq_len + 1) / 2, n_micro, True, pp_intra)
     return step + grad_sync_time(model, acc, layout, dp_intra) + optimizer_time(
-        model, acc, layout, zero_stage)
+        model, acc, layout, zero_stage, adam_bytes)
 
 
 def decode_step_time(model: ModelSpec, acc: Accelerator, layout: Layout, batch: int, ctx: float,
