@@ -1,0 +1,1 @@
+"""Speculative rollouts (RLHFSpec, issue 5). So far: the zero-cost n-gram drafter."""

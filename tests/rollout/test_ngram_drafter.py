@@ -1,0 +1,37 @@
+"""N-gram drafter on hand-made token streams."""
+
+import pytest
+
+from fastrlhf.rollout.speculative.ngram import NGramDrafter
+
+
+def test_proposes_what_followed_the_longest_match_in_a_sibling():
+    d = NGramDrafter(n_max=3)
+    d.extend(group=0, doc=1, tokens=[5, 6, 7, 8, 9, 10])  # a finished sibling
+    # our tail [6, 7] matched as a 2-gram → the sibling continued with 8, 9, 10
+    assert d.propose(0, [1, 6, 7], gamma=2) == [8, 9]
+    assert d.propose(0, [1, 6, 7], gamma=9) == [8, 9, 10]
+    # the longest match wins: [5, 6] occurs only at the start → 7, 8
+    assert d.propose(0, [5, 6], gamma=2) == [7, 8]
+    assert d.propose(0, [42], gamma=3) == []  # nothing matches
+    assert d.propose(1, [6, 7], gamma=3) == []  # other prompts' documents are not used
+
+
+def test_most_recent_occurrence_and_growing_documents():
+    d = NGramDrafter(n_max=2)
+    d.extend(0, 0, [1, 2, 3])
+    d.extend(0, 1, [1, 2, 4])  # later occurrence of [1, 2] → 4
+    assert d.propose(0, [9, 1, 2], gamma=1) == [4]
+    d.extend(0, 2, [7, 1])  # a growing sequence: [7, 1] ends its document, no continuation yet
+    assert d.propose(0, [7, 1], gamma=2) == [2, 4]  # falls back to the 1-gram [1] (latest: doc 1)
+    d.extend(0, 2, [5])
+    assert d.propose(0, [7, 1], gamma=2) == [5]
+
+
+def test_forget_and_bad_sizes():
+    d = NGramDrafter()
+    d.extend(3, 0, [1, 2, 3])
+    d.forget(3)
+    assert d.propose(3, [1, 2], gamma=2) == []
+    with pytest.raises(ValueError):
+        NGramDrafter(n_max=1, n_min=2)
