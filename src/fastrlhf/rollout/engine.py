@@ -34,8 +34,10 @@ def sequence_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 
 
 class RolloutEngine:
-    def __init__(self, model: CausalLM, num_slots: int = 64, compile: bool = False, max_prefill_tokens: int | None = None):
+    def __init__(self, model: CausalLM, num_slots: int = 64, compile: bool = False, max_prefill_tokens: int | None = None,
+                 speculator=None):
         self.model = model
+        self.speculator = speculator  # e.g. speculative.verify.Speculator: replaces the one-token decode
         self.num_slots = num_slots
         self.max_prefill_tokens = max_prefill_tokens
         param = next(model.parameters())
@@ -147,6 +149,8 @@ class RolloutEngine:
         return self._decode_logits(tokens[:, None], positions[:, None], masks, view)
 
     def _decode(self, active: list[int]) -> None:
+        if self.speculator is not None:
+            return self.speculator.decode(self, active)
         if self.compile:
             return self._decode_static(active)
         slots = torch.tensor(active, device=self.device)
@@ -172,6 +176,10 @@ class RolloutEngine:
 
     def _sample_and_commit(self, slots: torch.Tensor, logits: torch.Tensor) -> None:
         tokens, logprobs = sample(logits, self.params, uniforms(self.seeds[slots], self.n_generated[slots]))
+        self._commit(slots, tokens, logprobs)
+
+    def _commit(self, slots: torch.Tensor, tokens: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+        """Record one new token per slot; finish sequences that stopped or are full. Returns done [B]."""
         index = self.n_generated[slots]
         self.out_tokens[slots, index] = tokens
         self.out_logprobs[slots, index] = logprobs
@@ -183,6 +191,7 @@ class RolloutEngine:
         if bool(done.any()):
             for slot, was_stop in zip(slots[done].tolist(), stopped[done].tolist()):
                 self._finish(slot, "stop" if was_stop else "length")
+        return done
 
     def _finish(self, slot: int, reason: str) -> None:
         seq = self.scheduler.release(slot)

@@ -50,17 +50,20 @@ class PrefillView:
 
 
 class DecodeView:
-    """Write one token per active slot at its position; attend to each slot's first `span` positions."""
+    """Write T new tokens per active slot at their positions (T = 1 for plain decoding, 1 + γ for a
+    speculative verification pass); attend to each slot's first `span` positions."""
 
     def __init__(self, cache: KVCache, slots: torch.Tensor, positions: torch.Tensor, span: int, contiguous: bool):
+        # positions: [B] (one token each) or [B, T]
         self.cache, self.slots, self.span = cache, slots, span
-        self.rows = slots * cache.max_len + positions  # [B] row of each new token in the flat storage
+        positions = positions if positions.dim() == 2 else positions[:, None]
+        self.rows = (slots[:, None] * cache.max_len + positions).reshape(-1)  # [B·T] rows in the flat storage
         self.contiguous = contiguous  # slots == arange(B): read a view instead of gathering
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        # k, v: [B, K, 1, h]
+        # k, v: [B, K, T, h]
         for store, new in ((self.cache.k[layer], k), (self.cache.v[layer], v)):
-            store.view(-1, *store.shape[2:]).index_copy_(0, self.rows, new[:, :, 0])
+            store.view(-1, *store.shape[2:]).index_copy_(0, self.rows, new.transpose(1, 2).reshape(-1, *store.shape[2:]))
         kc, vc = self.cache.k[layer], self.cache.v[layer]
         if self.contiguous:
             B = self.slots.shape[0]
