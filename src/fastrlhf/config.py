@@ -103,6 +103,9 @@ class RolloutSection:
     max_new_tokens: int = option(8, "longest completion, in tokens", at_least(1))
     num_slots: int = option(128, "sequences decoded concurrently by the engine", at_least(1))
     compile: bool = option(False, "torch.compile the decode step (slow cold start)")
+    speculative: Literal["off", "ngram"] = option(
+        "off", "speculative decoding: 'ngram' drafts from the sequence and its sibling samples (lossless)")
+    gamma: int = option(4, "draft tokens per speculative verification pass", at_least(1))
 
 
 @dataclass

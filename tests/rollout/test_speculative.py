@@ -55,6 +55,9 @@ def test_kv_rollback_after_rejection():
     drafts must never be read, so the output still equals plain decoding."""
 
     class WrongDrafter:
+        def reset(self):
+            pass
+
         def extend(self, *a):
             pass
 

@@ -170,3 +170,17 @@ def test_user_prompts_and_reward_function_run_end_to_end(tiny_policy, tmp_path):
     lines = [__import__("json").loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines if "reward" in m] == [1, 2, 3]
     assert (run_dir / "final" / "model.safetensors").is_file()
+
+
+def test_speculative_rollouts_give_the_same_run(tiny_policy, digit_reward, tmp_path):
+    """rollout.speculative=ngram changes speed, not samples: same completions, same rewards."""
+    import json
+
+    common = [f"task.reward={digit_reward}", "train.checkpoint_every=0", "algorithm.kl_coef=0"]
+    train(config(tiny_policy, tmp_path / "plain", 3, common), show_progress=False)
+    train(config(tiny_policy, tmp_path / "spec", 3, [*common, "rollout.speculative=ngram", "rollout.gamma=3"]), show_progress=False)
+    read = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
+    plain, spec = read(tmp_path / "plain"), read(tmp_path / "spec")
+    assert [m["reward"] for m in plain] == [m["reward"] for m in spec]
+    assert [m["response_length"] for m in plain] == [m["response_length"] for m in spec]
+    assert all("spec/acceptance" in m and m["spec/gamma"] == 3 for m in spec)

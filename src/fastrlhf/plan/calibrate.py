@@ -4,8 +4,8 @@ Three numbers, each the median of several timed repeats after a warm-up, at a fi
 (`torch.set_num_threads(threads)` for the duration, restored afterwards):
 
 - flops: fp32 GEMM rate of `x @ W^T`, x [ROWS = 512, K], over a set of weight matrices W [N, K]
-  with the (K, N) shapes of the q/k/v, o, gate/up and down projections of hidden-256 and
-  hidden-512 decoders (SHAPES), cycled until WEIGHT_BYTES = 64 MB of weights were used (more
+  with the (K, N) shapes of the q/k/v, o, gate/up and down projections and the LM head
+  (vocab 8192) of hidden-256 and hidden-512 decoders (SHAPES), cycled until WEIGHT_BYTES = 64 MB of weights were used (more
   than the last-level cache, as in a real model): total 2*ROWS*K*N FLOPs / median time.
 - gemm_half_rows: t_half of the cost model's saturating GEMM curve R(t) = flops * t / (t + t_half)
   (cost.gemm_rate), solved from the rate R_s of the same weights with SMALL_ROWS = 8 rows (a
@@ -39,8 +39,8 @@ from fastrlhf.plan.hardware import GiB, Accelerator, accelerator_from_measuremen
 
 ROWS = 512
 SMALL_ROWS = 8
-SHAPES = ((256, 768), (256, 256), (256, 1376), (688, 256), (512, 1536), (512, 512), (512, 2752),
-          (1376, 512))
+SHAPES = ((256, 768), (256, 256), (256, 1376), (688, 256), (256, 8192),
+          (512, 1536), (512, 512), (512, 2752), (1376, 512), (512, 8192))
 WEIGHT_BYTES = 64 * 2**20
 COPY_BYTES = 256 * 2**20
 LATENCY_LAYERS = 4

@@ -79,6 +79,8 @@ class RolloutEngine:
         for seq in seqs:
             self.scheduler.add(seq)
         self.finished: list[Sequence] = []
+        if self.speculator is not None:
+            self.speculator.begin()
         self.stop_ids = torch.tensor(params.stop_token_ids or [-1], device=self.device)
         return seqs
 

@@ -67,6 +67,15 @@ def model_directory(config: Config) -> Path:
     return Path(config.model.path)
 
 
+def make_speculator(rollout):
+    if rollout.speculative == "off":
+        return None
+    from fastrlhf.rollout.speculative.ngram import NGramDrafter
+    from fastrlhf.rollout.speculative.verify import Speculator
+
+    return Speculator(NGramDrafter(), gamma=rollout.gamma)
+
+
 def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
@@ -90,7 +99,7 @@ class Run:
                                      stop_token_ids=tuple(self.tokenizer.stop_token_ids()), n=r.samples_per_prompt)
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, t.steps * t.mini_batches, t.lr_decay)
-        self.engine = RolloutEngine(self.model, num_slots=r.num_slots, compile=r.compile)
+        self.engine = RolloutEngine(self.model, num_slots=r.num_slots, compile=r.compile, speculator=make_speculator(r))
         self.actor = ActorWorker(self.model, self.tokenizer, self.engine, self.params, self.optimizer, self.scheduler, a,
                                  t.micro_batch_size, t.mini_batches, t.grad_clip)
         workers = {"actor": self.actor, "reward": RewardWorker(self.source.reward_fn, self.source.field_names)}

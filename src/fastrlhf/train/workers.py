@@ -61,6 +61,8 @@ class ActorWorker:
         params = SamplingParams(**{**self.params.__dict__, "seed": self.step_seed})
         started = time.perf_counter()
         self.model.eval()
+        spec = self.engine.speculator
+        before = dict(spec.stats.__dict__) if spec is not None else {}
         seqs = self.engine.generate(prompt_ids, params)
         seconds = time.perf_counter() - started
         responses = [s.token_ids for s in seqs]
@@ -79,6 +81,10 @@ class ActorWorker:
         })
         stats = {"response_length": n_tokens / len(seqs), "rollout_tokens_per_s": n_tokens / max(seconds, 1e-9),
                  "truncated_fraction": sum(s.finish_reason == "length" for s in seqs) / len(seqs)}
+        if spec is not None:
+            delta = {k: v - before[k] for k, v in spec.stats.__dict__.items()}
+            stats.update({"spec/acceptance": delta["accepted"] / max(delta["drafted"], 1),
+                          "spec/tokens_per_pass": delta["committed"] / max(delta["passes"], 1), "spec/gamma": spec.gamma})
         return out, stats
 
     # ---------------------------------------------------------------- train

@@ -11,7 +11,8 @@ the drafter's quality.
 Index: per group (prompt), a dict from n-gram → (document, end position) of its latest occurrence,
 updated incrementally as documents grow. Memory is O(total tokens × (n_max − n_min + 1)).
 
-Left out (issue 5 continues): the verifier, KV rollback, the draft model, the strategy selector.
+Left out (issue 5 continues): responses from earlier generate calls (the index is reset per call),
+the draft model, the strategy selector. The verifier is speculative/verify.py.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class NGramDrafter:
                 doc, end = hit
                 return list(self.docs[(group, doc)][end:end + gamma])
         return []
+
+    def reset(self) -> None:
+        """Drop every document (a new generate call numbers its prompts from 0 again)."""
+        self.docs.clear()
+        self.index.clear()
 
     def forget(self, group: int) -> None:
         """Drop a group's documents and index (its prompt is done)."""

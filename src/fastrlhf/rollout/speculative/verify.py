@@ -47,12 +47,18 @@ class SpecStats:
 
 @dataclass
 class Speculator:
-    """Fixed-γ speculation with a drafter exposing `extend(group, doc, tokens)` / `propose(group, context, γ)`."""
+    """Fixed-γ speculation with a drafter exposing `reset()`, `extend(group, doc, tokens)` and
+    `propose(group, context, γ)`; groups are the prompts of the current generate call."""
 
     drafter: object
     gamma: int = 4
     stats: SpecStats = field(default_factory=SpecStats)
     _indexed: dict[int, int] = field(default_factory=dict)  # seq_id → tokens already given to the drafter
+
+    def begin(self) -> None:
+        """A new generate call: sequence ids and prompt indices restart, so the drafter does too."""
+        self.drafter.reset()
+        self._indexed.clear()
 
     def decode(self, engine, active: list[int]) -> None:
         seqs = [engine.scheduler.running[s] for s in active]
