@@ -31,7 +31,7 @@ from fastrlhf.rollout.sampler import sample, uniforms
 
 @dataclass
 class SpecStats:
-    passes: int = 0  # verification forwards
+    passes: int = 0  # sequence-verifications (one per running sequence per verification forward)
     drafted: int = 0  # draft tokens proposed
     accepted: int = 0  # draft tokens accepted
     committed: int = 0  # tokens committed (accepted + one sampled per pass, fewer at a stop)
@@ -105,7 +105,7 @@ class Speculator:
         return model.logits(hidden)
 
     def _commit(self, engine, slots, seqs, y, logp, n_commit, draft_len) -> None:
-        self.stats.passes += 1
+        self.stats.passes += len(seqs)
         self.stats.drafted += int(draft_len.sum())
         self.stats.accepted += int((n_commit - 1).sum())
         alive = torch.ones(len(seqs), dtype=torch.bool, device=engine.device)
