@@ -105,7 +105,8 @@ class RolloutSection:
     compile: bool = option(False, "torch.compile the decode step (slow cold start)")
     speculative: Literal["off", "ngram"] = option(
         "off", "speculative decoding: 'ngram' drafts from the sequence and its sibling samples (lossless)")
-    gamma: int = option(4, "draft tokens per speculative verification pass", at_least(1))
+    gamma: int = option(0, "draft tokens per verification pass (0 = chosen each step from measured cost and acceptance)",
+                        at_least(0))
 
 
 @dataclass

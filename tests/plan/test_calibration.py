@@ -2,10 +2,11 @@
 
 A `cpu` profile calibrated by the micro-benchmark (one thread) must predict the forward and
 training-step times of small decoders within 25%, their decode time per token within 40% (the
-known miss: the model predicts decode 15-35% too fast, see docs/plan.md "CPU validation") and the
+known weak spot: decode is mostly predicted too fast, see docs/plan.md "CPU validation") and the
 peak tensor memory of a training step within 30%. Timing on a shared machine: medians after
-warm-ups, one thread, and a case that misses is measured once more before failing. A profile off
-by 2x in FLOP/s and bandwidth must miss the same bounds, so the test fails when the model is wrong.
+warm-ups, one thread, and a case that misses is calibrated and measured again (twice at most)
+before failing. A profile off by 2x in FLOP/s and bandwidth must miss the same bounds, so the
+test fails when the model is wrong.
 """
 
 import dataclasses
@@ -36,8 +37,10 @@ def _misses(rows):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_predictions_within_bounds(cpu, case):
     rows = validate.validate(cpu, [case], threads=1, repeats=5)
-    if _misses(rows):  # one re-measurement: a neighbour process may have stolen the core
-        rows = validate.validate(cpu, [case], threads=1, repeats=5)
+    for _ in range(2):  # a neighbour process may have slowed the calibration or the run:
+        if not _misses(rows):  # calibrate and measure again, together
+            break
+        rows = validate.validate(calibrate_cpu(threads=1), [case], threads=1, repeats=5)
     assert not _misses(rows), validate.format_table(rows)
 
 

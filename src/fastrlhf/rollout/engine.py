@@ -153,6 +153,10 @@ class RolloutEngine:
     def _decode(self, active: list[int]) -> None:
         if self.speculator is not None:
             return self.speculator.decode(self, active)
+        return self.decode_one(active)
+
+    def decode_one(self, active: list[int]) -> None:
+        """Plain decoding: one new token for every running sequence."""
         if self.compile:
             return self._decode_static(active)
         slots = torch.tensor(active, device=self.device)

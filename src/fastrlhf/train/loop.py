@@ -71,8 +71,11 @@ def make_speculator(rollout):
     if rollout.speculative == "off":
         return None
     from fastrlhf.rollout.speculative.ngram import NGramDrafter
+    from fastrlhf.rollout.speculative.strategy import AdaptiveSpeculator
     from fastrlhf.rollout.speculative.verify import Speculator
 
+    if rollout.gamma == 0:
+        return AdaptiveSpeculator(NGramDrafter())
     return Speculator(NGramDrafter(), gamma=rollout.gamma)
 
 

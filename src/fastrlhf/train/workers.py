@@ -63,6 +63,7 @@ class ActorWorker:
         self.model.eval()
         spec = self.engine.speculator
         before = dict(spec.stats.__dict__) if spec is not None else {}
+        steps_before = len(getattr(spec, "chosen", []))
         seqs = self.engine.generate(prompt_ids, params)
         seconds = time.perf_counter() - started
         responses = [s.token_ids for s in seqs]
@@ -85,6 +86,9 @@ class ActorWorker:
             delta = {k: v - before[k] for k, v in spec.stats.__dict__.items()}
             stats.update({"spec/acceptance": delta["accepted"] / max(delta["drafted"], 1),
                           "spec/tokens_per_pass": delta["committed"] / max(delta["passes"], 1), "spec/gamma": spec.gamma})
+            recent = getattr(spec, "chosen", [])[steps_before:]
+            if recent:  # adaptive: the mean γ chosen over this call's engine steps
+                stats["spec/gamma"] = sum(recent) / len(recent)
         return out, stats
 
     # ---------------------------------------------------------------- train
