@@ -183,4 +183,4 @@ def test_speculative_rollouts_give_the_same_run(tiny_policy, digit_reward, tmp_p
     plain, spec = read(tmp_path / "plain"), read(tmp_path / "spec")
     assert [m["reward"] for m in plain] == [m["reward"] for m in spec]
     assert [m["response_length"] for m in plain] == [m["response_length"] for m in spec]
-    assert all("spec/acceptance" in m and m["spec/gamma"] == 3 for m in spec)
+    assert all(m["spec/gamma"] == 3 for m in spec) and any("spec/acceptance" in m for m in spec)

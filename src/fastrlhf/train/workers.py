@@ -84,8 +84,10 @@ class ActorWorker:
                  "truncated_fraction": sum(s.finish_reason == "length" for s in seqs) / len(seqs)}
         if spec is not None:
             delta = {k: v - before[k] for k, v in spec.stats.__dict__.items()}
-            stats.update({"spec/acceptance": delta["accepted"] / max(delta["drafted"], 1),
-                          "spec/tokens_per_pass": delta["committed"] / max(delta["passes"], 1), "spec/gamma": spec.gamma})
+            stats["spec/gamma"] = spec.gamma
+            if delta["passes"]:  # only steps that verified drafts have an acceptance to report
+                stats.update({"spec/acceptance": delta["accepted"] / max(delta["drafted"], 1),
+                              "spec/tokens_per_pass": delta["committed"] / delta["passes"]})
             recent = getattr(spec, "chosen", [])[steps_before:]
             if recent:  # adaptive: the mean γ chosen over this call's engine steps
                 stats["spec/gamma"] = sum(recent) / len(recent)
