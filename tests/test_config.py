@@ -108,7 +108,7 @@ def test_unknown_section_with_suggestion(tmp_path):
     ("rollout.temperature=-1", "'rollout.temperature' must be >= 0.0, got -1.0"),
     ("train.device=tpu", "'train.device' must be one of 'auto', 'cpu', 'cuda', got 'tpu'"),
     ("algorithm.loss_aggregation=tokens", "'algorithm.loss_aggregation' must be one of"),
-    ("task.name=gsm8k", "'task.name' must be a built-in task ('arithmetic'), got 'gsm8k'"),
+    ("task.name=gsm8k", "'task.name' must be a built-in task ('arithmetic', 'preference'), got 'gsm8k'"),
     ("task.digits=3", "'task.digits' must be a list, got 3"),
     ("task.digits=[1, x]", "'task.digits[1]' must be an integer, got 'x'"),
     ("task.digits=[]", "'task.digits' must be a non-empty list"),
@@ -128,7 +128,7 @@ def test_wrong_type_in_file_names_file_and_key(tmp_path):
 
 
 def test_group_size_one_is_rejected_for_grpo():
-    assert "'rollout.samples_per_prompt' must be >= 2 for GRPO" in error_of(
+    assert "'rollout.samples_per_prompt' must be >= 2 for grpo" in error_of(
         overrides=["rollout.samples_per_prompt=1"])
 
 

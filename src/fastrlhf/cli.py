@@ -16,6 +16,7 @@ from fastrlhf.errors import UserError
 # subcommand modules, imported lazily so `fastrlhf plan` never needs torch
 COMMAND_MODULES = (
     "fastrlhf.train.cli",
+    "fastrlhf.train.offline_cli",
     "fastrlhf.bench.cli",
     "fastrlhf.plan.cli",
     "fastrlhf.telemetry.cli",

@@ -22,55 +22,25 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from fastrlhf.config_values import (at_least, convert, greater_than, in_unit_interval, non_empty, option,
+                                    positive_list, type_name)
 from fastrlhf.errors import UserError
 from fastrlhf.tasks import BUILTIN_TASKS
-
-Check = Callable[[Any], "str | None"]  # returns a problem description, or None when fine
-
-
-# ---------------------------------------------------------------------------- range checks
-def at_least(low: float) -> Check:
-    return lambda value: None if value >= low else f"must be >= {low}"
-
-
-def greater_than(low: float) -> Check:
-    return lambda value: None if value > low else f"must be > {low}"
-
-
-def in_unit_interval(value: float) -> str | None:  # (0, 1]
-    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
-
-
-def non_empty(value: str) -> str | None:
-    return None if value.strip() else "must not be empty"
-
-
-def positive_list(value: list) -> str | None:
-    return None if value and all(v >= 1 for v in value) else "must be a non-empty list of ints >= 1"
 
 
 def builtin_task(value: str) -> str | None:
     names = ", ".join(repr(name) for name in BUILTIN_TASKS)
     return None if value in BUILTIN_TASKS else f"must be a built-in task ({names})"
-
-
-def option(default: Any, help: str, check: Check | None = None, factory=None):
-    """A dataclass field with a help text and an optional range check."""
-    metadata = {"help": help, "check": check}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 # ---------------------------------------------------------------------------- the sections
@@ -86,11 +56,17 @@ class TaskSection:
                        builtin_task)
     prompts: str | None = option(None, "JSONL prompts file: {\"prompt\": ..., other reward fields}",
                                  non_empty)
-    reward: str | None = option(None, "reward 'module:function' or 'file.py:function'; "
-                                      "default: the built-in task's reward", non_empty)
+    reward: str | None = option(None, "reward: 'module:function', 'file.py:function', a reward-model "
+                                      "directory, or an http(s):// reward server; default: the task's",
+                                non_empty)
+    preferences: str | None = option(None, "JSONL preference pairs {\"prompt\", \"chosen\", \"rejected\"} "
+                                           "(offline DPO); default: the preference task's pairs", non_empty)
     digits: list[int] = option(None, "operand sizes (digits) of the built-in arithmetic task",
                                positive_list, factory=lambda: [1, 2, 3])
     eval_size: int = option(200, "held-out prompts used for evaluation", at_least(1))
+    reward_batch_size: int = option(64, "completions per request to an HTTP reward server", at_least(1))
+    reward_timeout: float = option(30.0, "seconds before an HTTP reward request is retried", greater_than(0.0))
+    reward_retries: int = option(3, "retries of a failed HTTP reward request before the run stops", at_least(0))
 
 
 @dataclass
@@ -109,17 +85,33 @@ class RolloutSection:
                         at_least(0))
 
 
+ALGORITHMS = ("grpo", "rloo", "reinforce_pp", "ppo", "online_dpo", "dpo")
+
+
 @dataclass
 class AlgorithmSection:
-    name: Literal["grpo"] = option("grpo", "RL algorithm")
+    name: Literal[ALGORITHMS] = option(
+        "grpo", "grpo | rloo | reinforce_pp | ppo (with a critic) | online_dpo | dpo (offline, on task.preferences)")
     clip_low: float = option(0.2, "ratio clipped below at 1 - clip_low", at_least(0.0))
     clip_high: float = option(0.28, "ratio clipped above at 1 + clip_high (DAPO clip-higher)",
                               at_least(0.0))
-    kl_coef: float = option(0.02, "weight of the k3 KL penalty to the reference (0 = no ref)",
+    kl_coef: float = option(0.02, "weight of the KL penalty to the reference (0 = no ref; DPO: unused)",
                             at_least(0.0))
+    kl_in: Literal["loss", "reward"] = option(
+        "loss", "KL penalty as a k3 term in the loss, or as -kl_coef*(logp - ref) in the token rewards")
     normalize_std: bool = option(True, "divide group advantages by their std (false = Dr. GRPO)")
     loss_aggregation: Literal["token_mean", "sequence_mean"] = option(
         "token_mean", "average the loss over all tokens (DAPO), or per sequence then over sequences (GRPO)")
+    gae_gamma: float = option(1.0, "PPO: discount of the GAE returns", in_unit_interval)
+    gae_lambda: float = option(0.95, "PPO: GAE lambda", at_least(0.0))
+    whiten_advantages: bool = option(True, "PPO: whiten advantages over the batch's response tokens")
+    value_clip: float = option(0.2, "PPO: clip new values to old +- value_clip in the value loss (0 = off)",
+                               at_least(0.0))
+    critic_init: Literal["auto", "reward_model", "policy"] = option(
+        "auto", "PPO critic starts from the reward model (when task.reward is one) or the policy + new head")
+    critic_lr: float = option(1e-4, "PPO critic learning rate (AdamW)", greater_than(0.0))
+    beta: float = option(0.1, "DPO: inverse temperature of the implicit reward", greater_than(0.0))
+    dpo_loss: Literal["sigmoid", "ipo"] = option("sigmoid", "DPO loss: sigmoid (Rafailov 2023) or IPO (Azar 2023)")
 
 
 @dataclass
@@ -210,7 +202,7 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping of sections, "
-                        f"got {_type_name(data)}")
+                        f"got {type_name(data)}")
     return data
 
 
@@ -236,7 +228,7 @@ def update_from_dict(config: Config, data: Mapping, source: str) -> None:
             continue
         if not isinstance(values, dict):
             raise UserError(f"{source}: section '{section_name}' must be a mapping of keys, "
-                            f"got {_type_name(values)}")
+                            f"got {type_name(values)}")
         for field_name, value in values.items():
             key = f"{section_name}.{field_name}"
             section, spec = _find_field(config, key, source)
@@ -245,9 +237,15 @@ def update_from_dict(config: Config, data: Mapping, source: str) -> None:
 
 def check_consistency(config: Config) -> None:
     """Checks that involve more than one key."""
-    if config.algorithm.name == "grpo" and config.rollout.samples_per_prompt < 2:
-        raise UserError("config: 'rollout.samples_per_prompt' must be >= 2 for GRPO "
-                        f"(group-normalised advantages), got {config.rollout.samples_per_prompt}")
+    name, n = config.algorithm.name, config.rollout.samples_per_prompt
+    if name in ("grpo", "rloo", "online_dpo") and n < 2:
+        why = {"grpo": "group-normalised advantages", "rloo": "a leave-one-out baseline",
+               "online_dpo": "a chosen and a rejected sample per prompt"}[name]
+        raise UserError(f"config: 'rollout.samples_per_prompt' must be >= 2 for {name} ({why}), got {n}")
+    if name == "dpo" and config.task.prompts and not config.task.preferences:
+        raise UserError("config: algorithm.name=dpo trains on preference pairs: set task.preferences=PAIRS.jsonl")
+    if config.algorithm.critic_init == "reward_model" and name != "ppo":
+        raise UserError(f"config: 'algorithm.critic_init' only applies to ppo, not {name}")
 
 
 def all_keys() -> list[str]:
@@ -272,62 +270,6 @@ def set_value(section: Any, spec: dataclasses.Field, key: str, value: Any, sourc
     if problem:
         raise UserError(f"{source}: '{key}' {problem}, got {converted!r}")
     setattr(section, spec.name, converted)
-
-
-def convert(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """`value` as an instance of `annotation`, or a UserError naming `key`."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [arg for arg in args if arg is not type(None)]
-        return convert(value, inner, key, source)
-    if origin is Literal:
-        if value in args and not isinstance(value, bool):
-            return value
-        choices = ", ".join(repr(arg) for arg in args)
-        raise UserError(f"{source}: '{key}' must be one of {choices}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise _type_error(source, key, "a list", value)
-        return [convert(item, args[0], f"{key}[{i}]", source) for i, item in enumerate(value)]
-    return _convert_scalar(value, annotation, key, source)
-
-
-def _convert_scalar(value: Any, annotation: type, key: str, source: str) -> Any:
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(source, key, "true or false", value)
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _type_error(source, key, "an integer", value)
-    if annotation is float:
-        number = _as_float(value)
-        if number is None:
-            raise _type_error(source, key, "a number", value)
-        if not math.isfinite(number):
-            raise UserError(f"{source}: '{key}' must be a finite number, got {value!r}")
-        return number
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise _type_error(source, key, "a string", value)
-    raise TypeError(f"config field '{key}' has an unsupported type {annotation!r}")
-
-
-def _as_float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
 
 
 def _parse_scalar(raw: str, key: str, source: str) -> Any:
@@ -390,15 +332,6 @@ def _suggestion(name: str, candidates: list[str]) -> str:
     same_leaf = [c for c in candidates if "." in name and c.rpartition(".")[2] == leaf]
     close = same_leaf or difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _type_error(source: str, key: str, expected: str, value: Any) -> UserError:
-    return UserError(f"{source}: '{key}' must be {expected}, got {value!r} ({_type_name(value)})")
-
-
-def _type_name(value: Any) -> str:
-    names = {dict: "mapping", list: "list", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
 
 
 def _yaml_location(exc: yaml.YAMLError) -> str:

@@ -14,7 +14,8 @@ from fastrlhf.rollout.engine import RolloutEngine
 from fastrlhf.rollout.sampler import SamplingParams
 from fastrlhf.tasks import arithmetic
 from fastrlhf.tasks.tokenizer_builder import build_task_tokenizer
-from fastrlhf.train.workers import ActorWorker, ReferenceWorker, RewardWorker
+from fastrlhf.train.reward_workers import RewardWorker
+from fastrlhf.train.workers import ActorWorker, ReferenceWorker
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Advantage estimators for critic-free policy-gradient RLHF (pure functions of tensors).
+"""Advantage estimators for policy-gradient RLHF, critic-free and GAE (pure functions of tensors).
 
 Notation: N samples (rows), T token positions, `response_mask` [N, T] is 1 on generated tokens.
 `group_index` [N] says which prompt each sample came from (the executor's `prompt_index`); any
@@ -23,9 +23,27 @@ GRPO and RLOO are per-sequence; `ADVANTAGE_ESTIMATORS` wraps all three to one si
 returns token-level advantages [N, T] (sequence advantages broadcast over response tokens, 0 on
 padding), so a trainer picks an estimator by name.
 
-Left out: process supervision (per-step rewards), GAE (needs a critic; lives with PPO), and the
-choice of KL estimator for REINFORCE++ (the caller passes `token_kl`; the paper uses k1 =
-log pi_old - log pi_ref).
+PPO with a critic (Schulman et al. 2017; rewards as in Ouyang et al. 2022, InstructGPT eq. 2):
+* `ppo_token_rewards` puts the sequence score on the last response token and the "KL in the
+  reward" penalty on every response token:
+      r_t = score * [t is the last response token] - kl_coef * (log pi_old(o_t) - log pi_ref(o_t))
+  (k1 estimator of KL(pi_old || pi_ref)).
+* `gae` (Schulman et al. 2016, "High-dimensional continuous control using GAE", eq. 16):
+      delta_t = r_t + gamma * V_{t+1} * m_{t+1} - V_t
+      A_t     = delta_t + gamma * lam * A_{t+1} * m_{t+1}
+      returns = A_t + V_t   (the lambda-return, target of the value loss)
+  Positions are aligned with tokens as in algorithms/graphs.py: position t of `values` is
+  V(state before token t is generated), i.e. the critic's output at position t-1 shifted onto
+  token t. Response tokens are one contiguous run per row, right-padded; the value after the last
+  response token is 0 (the episode ends there), which the factor m_{t+1} implements. Advantages
+  and returns are 0 off the response; nothing flows back into `values` (they are detached).
+* `whiten`: masked mean / population std over all response tokens of the batch, PPO's advantage
+  normalisation (also used by REINFORCE++ above).
+
+Left out: process supervision (per-step rewards), the choice of KL estimator for REINFORCE++ (the
+caller passes `token_kl`; the paper uses k1 = log pi_old - log pi_ref), KL estimators other than
+k1 in `ppo_token_rewards`, truncated episodes (a bootstrap value after the last token), and
+adaptive KL controllers (the caller owns `kl_coef`).
 """
 
 from __future__ import annotations
@@ -109,9 +127,7 @@ def reinforce_pp_advantages(
 ) -> torch.Tensor:                         # [N, T], 0 off the response
     """REINFORCE++ token advantages: discounted returns of (outcome - beta*KL), whitened over the batch."""
     mask = response_mask.to(rewards.dtype)
-    token_rewards = torch.zeros_like(mask)  # [N, T]
-    token_rewards.scatter_(1, _last_token_position(response_mask)[:, None], rewards[:, None])
-    token_rewards = token_rewards * mask
+    token_rewards = _outcome_on_last_token(rewards, response_mask)  # [N, T]
     if token_kl is not None:
         token_rewards = token_rewards - kl_coef * token_kl * mask
     returns = torch.zeros_like(token_rewards)  # [N, T]
@@ -119,10 +135,76 @@ def reinforce_pp_advantages(
     for t in reversed(range(mask.shape[1])):
         running = token_rewards[:, t] + gamma * running
         returns[:, t] = running
+    return whiten(returns, response_mask, eps=eps)
+
+
+def _outcome_on_last_token(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[N] scores -> [N, T] with each score on its row's last response token, 0 elsewhere."""
+    mask = response_mask.to(scores.dtype)
+    token_rewards = torch.zeros_like(mask)  # [N, T]
+    token_rewards.scatter_(1, _last_token_position(response_mask)[:, None], scores[:, None])
+    return token_rewards * mask  # rows without response tokens get nothing
+
+
+def whiten(
+    values: torch.Tensor,          # [N, T]
+    mask: torch.Tensor,            # [N, T] 1 on the tokens that count
+    *,
+    shift_mean: bool = True,
+    eps: float = WHITEN_EPS,
+) -> torch.Tensor:                 # [N, T], 0 off the mask
+    """(x - mean) / (std + eps) with mean and population std over all masked tokens of the batch.
+
+    shift_mean=False keeps the batch mean: mean + (x - mean) / (std + eps) (only the spread is
+    rescaled, as when whitening rewards rather than advantages).
+    """
+    mask = mask.to(values.dtype)
     count = mask.sum().clamp(min=1)
-    mean = (returns * mask).sum() / count
-    std = (((returns - mean) ** 2 * mask).sum() / count).sqrt()
-    return (returns - mean) / (std + eps) * mask
+    mean = (values * mask).sum() / count
+    std = (((values - mean) ** 2 * mask).sum() / count).sqrt()
+    whitened = (values - mean) / (std + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def ppo_token_rewards(
+    scores: torch.Tensor,               # [N] sequence score (reward model / reward function)
+    logprobs: torch.Tensor,             # [N, T] behaviour-policy log-probs of the tokens
+    ref_logprobs: torch.Tensor | None,  # [N, T] reference log-probs, or None for no KL term
+    response_mask: torch.Tensor,        # [N, T]
+    *,
+    kl_coef: float,
+) -> torch.Tensor:                      # [N, T], 0 off the response
+    """InstructGPT's "KL in the reward": score on the last token, -kl_coef * k1 on every token."""
+    token_rewards = _outcome_on_last_token(scores, response_mask)  # [N, T]
+    if ref_logprobs is None:
+        return token_rewards
+    k1 = (logprobs - ref_logprobs).detach()  # [N, T]
+    return token_rewards - kl_coef * k1 * response_mask.to(token_rewards.dtype)
+
+
+def gae(
+    token_rewards: torch.Tensor,  # [N, T] r_t, e.g. from ppo_token_rewards
+    values: torch.Tensor,         # [N, T] V(state before token t), aligned with the tokens
+    response_mask: torch.Tensor,  # [N, T] one contiguous right-padded run of 1s per row
+    *,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # advantages [N, T], returns [N, T]; 0 off the response
+    """Generalised advantage estimation over response tokens; the value after the last one is 0."""
+    mask = response_mask.to(token_rewards.dtype)
+    values = values.detach() * mask         # [N, T]
+    rewards = token_rewards.detach() * mask  # [N, T]
+    advantages = torch.zeros_like(rewards)   # [N, T]
+    next_value = torch.zeros_like(rewards[:, 0])      # [N] V_{t+1} * m_{t+1}
+    next_advantage = torch.zeros_like(rewards[:, 0])  # [N] A_{t+1} * m_{t+1}
+    for t in reversed(range(mask.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_advantage) * mask[:, t]
+        next_value, next_advantage = values[:, t], advantages[:, t]  # both already 0 off the mask
+    returns = (advantages + values) * mask
+    return advantages, returns
 
 
 @dataclass(frozen=True)

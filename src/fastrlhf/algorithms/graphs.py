@@ -27,7 +27,8 @@ executor through `prompt_index`):
 Position t of `logprobs` / `ref_logprobs` is the log-prob of token `sequences[:, t]` (aligned with
 the token, not with the logits that predicted it).
 
-Left out: PPO / online DPO graphs (issue 4) and any scheduling choice — placement and concurrency
+PPO adds `values` [N, T] (critic.inference, aligned with tokens); offline DPO's data are the
+tokenised pairs themselves. Left out: any scheduling choice — placement and concurrency
 of these calls belong to the execution plan.
 """
 
@@ -62,9 +63,51 @@ def grpo_graph(extra_reward_inputs: Sequence[str] = (), use_reference: bool = Tr
     return Graph(calls, data_keys=("prompts", *extra_reward_inputs))
 
 
+def ppo_graph(extra_reward_inputs: Sequence[str] = (), use_reference: bool = True) -> Graph:
+    """PPO with a critic:
+
+        actor.generate ─► {reward.score, ref.inference, critic.inference} ─► {actor.train, critic.train}
+
+    Both train calls compute GAE from the same rewards, values and KL (`objectives.ppo_targets`).
+    """
+    reference_keys = ("ref_logprobs",) if use_reference else ()
+    calls = [
+        ModelCall("actor", "generate", inputs=("prompts",), outputs=GENERATE_OUTPUTS),
+        ModelCall("reward", "inference", inputs=("prompts", "completions", *extra_reward_inputs),
+                  outputs=("rewards",), name="reward.score"),
+        ModelCall("critic", "inference", inputs=SEQUENCE_INPUTS, outputs=("values",)),
+    ]
+    if use_reference:
+        calls.append(ModelCall("ref", "inference", inputs=SEQUENCE_INPUTS, outputs=reference_keys))
+    targets = (*SEQUENCE_INPUTS, "logprobs", *reference_keys, "rewards", "values")
+    calls.append(ModelCall("actor", "train", inputs=(*targets, ROW_SOURCE_KEY)))
+    calls.append(ModelCall("critic", "train", inputs=targets))
+    return Graph(calls, data_keys=("prompts", *extra_reward_inputs))
+
+
+def online_dpo_graph(extra_reward_inputs: Sequence[str] = (), use_reference: bool = True) -> Graph:
+    """Online DPO: GRPO's graph — k samples per prompt, rewards pick chosen / rejected inside actor.train.
+
+    The reference is not optional: DPO's loss is relative to it."""
+    return grpo_graph(extra_reward_inputs, use_reference=True)
+
+
+def dpo_graph(extra_reward_inputs: Sequence[str] = (), use_reference: bool = True) -> Graph:
+    """Offline DPO on tokenised preference pairs (rows chosen₀, rejected₀, chosen₁, ...):
+
+        data (sequences, masks) ─► ref.inference ─► actor.train
+    """
+    calls = [ModelCall("ref", "inference", inputs=SEQUENCE_INPUTS, outputs=("ref_logprobs",)),
+             ModelCall("actor", "train", inputs=(*SEQUENCE_INPUTS, "ref_logprobs"))]
+    return Graph(calls, data_keys=SEQUENCE_INPUTS)
+
+
 # algorithm name -> graph builder (RLOO and REINFORCE++ share GRPO's graph; see module docstring)
 GRAPHS: dict[str, Callable[..., Graph]] = {
     "grpo": grpo_graph,
     "rloo": grpo_graph,
     "reinforce_pp": grpo_graph,
+    "ppo": ppo_graph,
+    "online_dpo": online_dpo_graph,
+    "dpo": dpo_graph,
 }

@@ -3,4 +3,4 @@
 `BUILTIN_TASKS` names the built-in tasks; `config.task.name` must be one of them.
 """
 
-BUILTIN_TASKS = ("arithmetic",)
+BUILTIN_TASKS = ("arithmetic", "preference")

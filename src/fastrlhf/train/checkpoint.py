@@ -150,18 +150,21 @@ def load_optimizer(path: Path, model, optimizer, scheduler) -> None:
 
 # ------------------------------------------------------------------------------- save / load
 def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler, rng_state: dict, extra: dict,
-                    config_yaml: str, keep: int = 2, extra_files: dict[str, str | bytes] | None = None) -> Path:
-    """Write `run_dir/checkpoints/step_{step:06d}/` atomically; keep the newest `keep`; return its path."""
+                    config_yaml: str, keep: int = 2, extra_files: dict[str, str | bytes] | None = None,
+                    companions: dict[str, tuple] | None = None) -> Path:
+    """Write `run_dir/checkpoints/step_{step:06d}/` atomically; keep the newest `keep`; return its path.
+
+    `companions` {name: (model, optimizer, scheduler)}: further trained models (the PPO critic),
+    each saved the same way in the sub-directory `name/` of the same atomic checkpoint."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".*step_*.tmp*"):  # ours and save_model's own temp dirs
         shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step_{step:06d}"
     with atomic_dir(final) as tmp:
-        save_model(model, tmp, extra_files=extra_files)
-        opt_tensors, opt_meta = optimizer_files(model, optimizer, scheduler)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        _write_json(tmp / "optimizer.json", opt_meta)
+        _save_trained(tmp, model, optimizer, scheduler, extra_files)
+        for name, (other, other_optimizer, other_scheduler) in (companions or {}).items():
+            _save_trained(tmp / name, other, other_optimizer, other_scheduler, None)
         rng_tensors, rng_plain = _split_rng(rng_state)
         save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
         _write_json(tmp / "rng.json", rng_plain)
@@ -169,6 +172,13 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler,
         _write_json(tmp / "state.json", {"format": FORMAT, "step": step, "extra": extra})
     prune_checkpoints(root, keep)
     return final
+
+
+def _save_trained(directory: Path, model, optimizer, scheduler, extra_files) -> None:
+    save_model(model, directory, extra_files=extra_files)
+    opt_tensors, opt_meta = optimizer_files(model, optimizer, scheduler)
+    save_file(opt_tensors, str(directory / "optimizer.safetensors"))
+    _write_json(directory / "optimizer.json", opt_meta)
 
 
 def _checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -191,8 +201,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> tuple[int, dict, dict]:
-    """Load weights (+ optimizer and scheduler when given) in place → (step, rng_state, extra).
+def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None,
+                    companions: dict[str, tuple] | None = None) -> tuple[int, dict, dict]:
+    """Load weights (+ optimizer and scheduler when given, + `companions` as saved) in place →
+    (step, rng_state, extra).
 
     The RNG state is returned, not applied: call `restore_rng` when the caller is ready.
     """
@@ -205,6 +217,11 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     _load_weights(path, model)
     if optimizer is not None:
         load_optimizer(path, model, optimizer, scheduler)
+    for name, (other, other_optimizer, other_scheduler) in (companions or {}).items():
+        if not (path / name).is_dir():
+            raise UserError(f"{path / name}: missing (the run trains a {name}; was this checkpoint made by another algorithm?)")
+        _load_weights(path / name, other)
+        load_optimizer(path / name, other, other_optimizer, other_scheduler)
     rng = _join_rng(_read_safetensors(path / "rng.safetensors"), _read_json(path / "rng.json"))
     return state["step"], rng, dict(state.get("extra") or {})
 

@@ -1,7 +1,7 @@
 """`fastrlhf train` and `fastrlhf eval`.
 
     fastrlhf train [CONFIG.yaml] [key=value ...] [--resume RUN_DIR]
-    fastrlhf eval MODEL_DIR [--digits 1 2 3] [--eval-size 200]
+    fastrlhf eval MODEL_DIR [--task arithmetic|preference] [--reference DIR] [--digits 1 2 3] [--eval-size 200]
 
 With no arguments `train` runs the embedded default job (the built-in arithmetic task from the
 shipped tiny SFT policy). A bad config or input fails before any file is written; a run that fails
@@ -26,10 +26,14 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_train)
 
-    e = subparsers.add_parser("eval", help="held-out accuracy of a model directory on the built-in task")
+    e = subparsers.add_parser("eval", help="held-out evaluation of a model directory on a built-in task")
     e.add_argument("model_dir", help="an HF model directory (e.g. RUN_DIR/final or a checkpoint)")
-    e.add_argument("--digits", type=int, nargs="+", default=None, help="operand digit counts (default: the task's)")
-    e.add_argument("--eval-size", type=int, default=200, help="number of held-out problems")
+    e.add_argument("--task", choices=("arithmetic", "preference"), default="arithmetic",
+                   help="arithmetic: greedy accuracy; preference: gold reward and KL to the reference")
+    e.add_argument("--reference", metavar="DIR", help="preference: the policy KL is measured to "
+                                                       "(default: the task's shipped SFT policy)")
+    e.add_argument("--digits", type=int, nargs="+", default=None, help="arithmetic: operand digit counts")
+    e.add_argument("--eval-size", type=int, default=200, help="number of held-out prompts")
     e.set_defaults(func=run_eval)
 
 
@@ -74,9 +78,12 @@ def run_train(args: argparse.Namespace) -> int:
         raise
     print(f"run directory: {result.run_dir}")
     print(f"final policy (HF format): {result.final_dir}")
-    if result.start_eval and result.final_eval:
-        before, after = result.start_eval["eval/reward"], result.final_eval["eval/reward"]
-        print(f"held-out reward: {before:.3f} -> {after:.3f}  ({result.seconds:.0f} s)")
+    start, final = result.start_eval, result.final_eval
+    if "eval/gold_reward" in start and "eval/gold_reward" in final:
+        print(f"held-out gold reward: {start['eval/gold_reward']:.3f} -> {final['eval/gold_reward']:.3f}, "
+              f"KL to the SFT policy {final['eval/kl']:.2f} nats  ({result.seconds:.0f} s)")
+    elif "eval/reward" in start and "eval/reward" in final:
+        print(f"held-out reward: {start['eval/reward']:.3f} -> {final['eval/reward']:.3f}  ({result.seconds:.0f} s)")
     return 0
 
 
@@ -90,13 +97,26 @@ def _remove_if_nothing_saved(run_dir: Path, existed: bool) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from fastrlhf.model.hf_io import load_model
     from fastrlhf.model.tokenizer import load_tokenizer
-    from fastrlhf.tasks import arithmetic
-    from fastrlhf.train.evaluate import evaluate
+    from fastrlhf.train.evaluate import evaluate, evaluate_preference
 
     if args.eval_size < 1:
         raise UserError(f"--eval-size must be ≥ 1, got {args.eval_size}")
     model = load_model(args.model_dir)
     tokenizer = load_tokenizer(args.model_dir)
+    if args.task == "preference":
+        from fastrlhf.tasks import preference
+        from fastrlhf.train.reward_workers import reward_worker
+
+        reference = load_model(args.reference or preference.policy_dir())
+        rows = preference.eval_rows(args.eval_size)
+        rm = reward_worker(str(preference.reward_model_dir()), ("digits",), None)
+        m = evaluate_preference(model, tokenizer, rows, reference, rm)
+        print(f"{args.model_dir}: gold reward {m['eval/gold_reward']:.3f} (greedy {m['eval/gold_greedy']:.3f}), "
+              f"KL to reference {m['eval/kl']:.3f} nats, learned-RM reward {m['eval/reward']:.3f} "
+              f"on {len(rows)} held-out prompts")
+        return 0
+    from fastrlhf.tasks import arithmetic
+
     rows = arithmetic.eval_rows(args.eval_size, tuple(args.digits or arithmetic.DEFAULT_DIGITS))
     metrics = evaluate(model, tokenizer, rows, arithmetic.reward, ("answer",), max_new_tokens=8)
     print(f"{args.model_dir}: held-out accuracy {metrics['eval/reward']:.3f} on {len(rows)} problems "

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from fastrlhf.algorithms.graphs import grpo_graph
+from fastrlhf.algorithms.graphs import GRAPHS
 from fastrlhf.config import Config, save_config
-from fastrlhf.dataflow.batch import Batch
 from fastrlhf.dataflow.executor import LocalExecutor
 from fastrlhf.errors import UserError
 from fastrlhf.model.hf_io import copy_tokenizer_files, load_model, save_model
@@ -34,11 +33,13 @@ from fastrlhf.rollout.sampler import SamplingParams
 from fastrlhf.telemetry.metrics import MetricsWriter
 from fastrlhf.telemetry.progress import Progress
 from fastrlhf.train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from fastrlhf.train.data import prompt_source
-from fastrlhf.train.evaluate import evaluate
+from fastrlhf.train.critic import CriticWorker
+from fastrlhf.train.data import pair_batch, prompt_batch, prompt_source
+from fastrlhf.train.evaluate import evaluate, evaluate_preference
 from fastrlhf.train.interrupt import GracefulStop, TrainingInterrupted
 from fastrlhf.train.optim import build_optimizer, build_scheduler
-from fastrlhf.train.workers import ActorWorker, ReferenceWorker, RewardWorker
+from fastrlhf.train.reward_workers import is_reward_model_dir, load_reward_model, reward_worker
+from fastrlhf.train.workers import ActorWorker, ReferenceWorker
 
 
 @dataclass
@@ -61,6 +62,10 @@ def resolve_device(name: str) -> torch.device:
 
 def model_directory(config: Config) -> Path:
     if config.model.path == "builtin":
+        if config.task.name == "preference":
+            from fastrlhf.tasks.preference import policy_dir
+
+            return policy_dir()
         from fastrlhf.tasks.builtin_policy import builtin_policy_dir
 
         return builtin_policy_dir()
@@ -79,6 +84,28 @@ def make_speculator(rollout):
     return Speculator(NGramDrafter(), gamma=rollout.gamma)
 
 
+def build_critic(config: Config, policy, tokenizer, reward, device) -> CriticWorker:
+    """PPO's critic from the reward model (`critic_init` auto / reward_model, when the reward is one
+    with the policy's vocabulary: the critic reads the policy's token ids) or the policy + a fresh head."""
+    from fastrlhf.model.heads import with_score_head
+
+    a, t = config.algorithm, config.train
+    from_rm = isinstance(reward, str) and is_reward_model_dir(reward)
+    if from_rm and load_tokenizer(reward).hf.get_vocab() != tokenizer.hf.get_vocab():
+        if a.critic_init == "reward_model":
+            raise UserError(f"algorithm.critic_init=reward_model: {reward} has a different vocabulary from the policy")
+        from_rm = False
+    if a.critic_init == "reward_model" and not from_rm:
+        raise UserError(f"algorithm.critic_init=reward_model but the reward ({reward!r}) is not a reward-model directory")
+    if a.critic_init != "policy" and from_rm:
+        model = load_reward_model(reward, device)[0]
+    else:
+        model = with_score_head(policy, seed=t.seed)
+    optimizer = build_optimizer(model, a.critic_lr, t.weight_decay)
+    scheduler = build_scheduler(optimizer, t.warmup_steps, t.steps * t.mini_batches, t.lr_decay)
+    return CriticWorker(model, optimizer, scheduler, a, t.micro_batch_size, t.mini_batches, t.grad_clip)
+
+
 def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
@@ -91,13 +118,13 @@ class Run:
         self.run_dir = Path(config.train.run_dir)
         self._check_run_dir(resume)
         torch.manual_seed(config.train.seed)
-        device = resolve_device(config.train.device)
-        model_dir = model_directory(config)
+        self.device = device = resolve_device(config.train.device)
+        self.model_dir = model_dir = model_directory(config)
         self.tokenizer = load_tokenizer(model_dir)
         self.tokenizer_files = copy_tokenizer_files(model_dir)
         self.model = load_model(model_dir, device=device)
-        self.source = prompt_source(config.task, config.train.seed)
         r, a, t = config.rollout, config.algorithm, config.train
+        self.source = prompt_source(config.task, t.seed, a.name)
         self.params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
                                      stop_token_ids=tuple(self.tokenizer.stop_token_ids()), n=r.samples_per_prompt)
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay)
@@ -105,11 +132,22 @@ class Run:
         self.engine = RolloutEngine(self.model, num_slots=r.num_slots, compile=r.compile, speculator=make_speculator(r))
         self.actor = ActorWorker(self.model, self.tokenizer, self.engine, self.params, self.optimizer, self.scheduler, a,
                                  t.micro_batch_size, t.mini_batches, t.grad_clip)
-        workers = {"actor": self.actor, "reward": RewardWorker(self.source.reward_fn, self.source.field_names)}
-        use_ref = a.kl_coef > 0
+        workers = {"actor": self.actor}
+        offline = a.name == "dpo"
+        if not offline:
+            workers["reward"] = reward_worker(self.source.reward, self.source.field_names, config.task, device,
+                                              t.micro_batch_size)
+        use_ref = a.kl_coef > 0 or a.name in ("dpo", "online_dpo")
+        self.reference = None
         if use_ref:
-            workers["ref"] = ReferenceWorker(load_model(model_dir, device=device), self.params, t.micro_batch_size)
-        graph = grpo_graph(extra_reward_inputs=self.source.field_names, use_reference=use_ref)
+            self.reference = ReferenceWorker.for_actor(load_model(model_dir, device=device), self.actor, t.micro_batch_size)
+            workers["ref"] = self.reference
+        self.critic = None
+        if a.name == "ppo":
+            self.critic = build_critic(config, self.model, self.tokenizer, self.source.reward, device)
+            workers["critic"] = self.critic
+        self.reward_worker = workers.get("reward")
+        graph = GRAPHS[a.name](extra_reward_inputs=self.source.field_names, use_reference=use_ref)
         self.executor = LocalExecutor(graph, workers)
         self.start_step = 0
         if resume:
@@ -122,22 +160,44 @@ class Run:
         if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise UserError(f"{self.run_dir}: run directory exists and is not empty (use --resume {self.run_dir}, or train.run_dir=NEW_DIR)")
 
+    def companions(self) -> dict:
+        """Other trained models saved in each checkpoint (the PPO critic)."""
+        if self.critic is None:
+            return {}
+        return {"critic": (self.critic.model, self.critic.optimizer, self.critic.scheduler)}
+
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
-        step, rng, extra = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        step, rng, extra = load_checkpoint(path, self.model, self.optimizer, self.scheduler, companions=self.companions())
         restore_rng(rng)
         self.start_step = step
         self.engine.policy_version = int(extra.get("policy_version", step))
 
     def eval_metrics(self) -> dict[str, float]:
-        return evaluate(self.model, self.tokenizer, self.source.eval_rows, self.source.reward_fn, self.source.field_names,
+        if self.source.name == "preference":
+            reference = self.reference.model if self.reference is not None else self._sft_model()
+            return evaluate_preference(self.model, self.tokenizer, self.source.eval_rows, reference, self.reward_worker,
+                                       self.config.rollout.max_new_tokens, num_slots=self.config.rollout.num_slots)
+        if not self.source.eval_rows:
+            return {}
+        return evaluate(self.model, self.tokenizer, self.source.eval_rows, self.reward_worker, self.source.field_names,
                         self.config.rollout.max_new_tokens, num_slots=self.config.rollout.num_slots)
+
+    def _sft_model(self):
+        if getattr(self, "_initial_policy", None) is None:
+            self._initial_policy = load_model(self.model_dir, device=self.device).eval()
+        return self._initial_policy
 
     def step(self, step: int) -> dict[str, float]:
         t = self.config.train
         rows = self.source.rows_at(step * t.prompts_per_step, t.prompts_per_step)
-        data = Batch({"prompts": [r["prompt"] for r in rows], **{n: [r[n] for r in rows] for n in self.source.field_names}})
+        if self.config.algorithm.name == "dpo":
+            data = pair_batch(rows, self.tokenizer)
+        else:
+            data = prompt_batch(rows, self.source.field_names)
         self.actor.step_seed = step_seed(t.seed, step)
+        if self.critic is not None:
+            self.critic.step_seed = step_seed(t.seed, step)
         started = time.perf_counter()
         result = self.executor.run(data)
         metrics: dict[str, float] = {}
@@ -154,7 +214,7 @@ class Run:
     def checkpoint(self, step: int) -> None:
         save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, capture_rng(),
                         {"policy_version": self.engine.policy_version, "data_position": step * self.config.train.prompts_per_step},
-                        self.config.to_yaml(), extra_files=self.tokenizer_files)
+                        self.config.to_yaml(), extra_files=self.tokenizer_files, companions=self.companions())
 
     def export(self) -> Path:
         return save_model(self.model, self.run_dir / "final", extra_files=self.tokenizer_files)

@@ -5,14 +5,16 @@ with the field names documented in `algorithms/graphs.py`; the executor never lo
 
 - `ActorWorker.generate`: prompts → n samples each through the rollout engine; returns token ids,
   masks, behaviour log-probs (from the engine) and decoded completions.
-- `ActorWorker.train`: advantages from rewards (an estimator from `ADVANTAGE_ESTIMATORS`), the
-  clipped policy loss over micro-batches whose losses add up to the full-batch loss, one optimizer
-  step per mini-batch. It also reports `logprob_diff`: the largest gap between the engine's and the
-  trainer's log-probs of the same tokens before the first update (≈1e-6 in fp32: same code).
-- `ReferenceWorker.inference`: frozen-model log-probs for the KL term.
-- `RewardWorker.inference`: a Python reward function `f(completions, **fields) -> list[float]`.
+- `ActorWorker.train`: the algorithm's `Objective` (algorithms/objectives.py) prepares targets and
+  gives each micro-batch's loss; this worker owns the generic part — shuffled mini-batches (whole
+  DPO pairs stay together), micro-batches whose losses add up to the mini-batch loss, clipping, one
+  optimizer step per mini-batch. Policy-gradient objectives also report `logprob_diff`: the largest
+  gap between the engine's and the trainer's log-probs of the same tokens before the first update
+  (≈1e-6 in fp32: same code).
+- `ReferenceWorker.inference`: frozen-model log-probs for the KL term / DPO.
 
-Left out: value models (PPO, issue 4), sharded / remote workers (the runtime, later).
+Critic and reward workers live in train/critic.py and train/reward_workers.py.
+Left out: sharded / remote workers (the runtime, later).
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ import time
 
 import torch
 
-from fastrlhf.algorithms.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs
-from fastrlhf.algorithms.losses.policy import clipped_policy_loss
+from fastrlhf.algorithms.objectives import OBJECTIVES, SUMMED_STATS
 from fastrlhf.dataflow.batch import Batch
 from fastrlhf.model.decoder import CausalLM
 from fastrlhf.model.tokenizer import Tokenizer
 from fastrlhf.rollout.engine import RolloutEngine
 from fastrlhf.rollout.sampler import SamplingParams
-from fastrlhf.tasks.rewards import score
 from fastrlhf.train.logprobs import sequence_logprobs
+
+
+MODEL_DISTRIBUTION = SamplingParams(temperature=1.0)  # the model's own softmax: no temperature, no filtering
 
 
 def pack_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
@@ -53,6 +56,9 @@ class ActorWorker:
         self.model, self.tokenizer, self.engine, self.params = model, tokenizer, engine, params
         self.optimizer, self.scheduler, self.algorithm = optimizer, scheduler, algorithm
         self.micro_batch_size, self.mini_batches, self.grad_clip = micro_batch_size, mini_batches, grad_clip
+        self.objective = OBJECTIVES[algorithm.name](algorithm)
+        # the trainer scores tokens under the sampling distribution (policy gradients) or the plain model (DPO)
+        self.train_params = params if self.objective.uses_sampling_distribution else MODEL_DISTRIBUTION
         self.step_seed = 0  # set by the loop each step so sampling is reproducible after resume
 
     # ---------------------------------------------------------------- generate
@@ -95,50 +101,58 @@ class ActorWorker:
 
     # ---------------------------------------------------------------- train
     def train(self, batch: Batch) -> dict[str, float]:
+        """One update on an iteration's batch: the objective's targets, then shuffled mini-batches."""
         device = next(self.model.parameters()).device
         batch = batch.to(device)
-        advantages = self._advantages(batch)  # [N, T]
-        self.model.train()
-        order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(self.step_seed))
         totals: dict[str, float] = {}
+        if "rewards" in batch:
+            rewards = batch["rewards"].float()
+            totals.update({"reward": float(rewards.mean()),
+                           "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0})
+        batch = self.objective.prepare(batch)
+        totals["train_rows"] = float(len(batch))
+        if len(batch) == 0:  # e.g. online DPO when every prompt's samples tie: nothing to learn from
+            return totals
+        self.model.train()
+        unit = self.objective.rows_per_unit
+        units = len(batch) // unit
+        order = torch.randperm(units, generator=torch.Generator().manual_seed(self.step_seed))
         logprob_diff = 0.0
-        for m, rows in enumerate(order.chunk(self.mini_batches)):
-            mini = batch.select(rows)
-            stats, diff = self._update(mini, advantages[rows], check_logprobs=(m == 0))
+        parts = min(self.mini_batches, units)
+        for m, unit_rows in enumerate(order.chunk(parts)):
+            rows = (unit_rows[:, None] * unit + torch.arange(unit)).reshape(-1)
+            stats, diff = self._update(batch.select(rows), check_logprobs=(m == 0))
             logprob_diff = max(logprob_diff, diff)
             for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + v / self.mini_batches
+                totals[k] = totals.get(k, 0.0) + v / parts
         self.engine.policy_version += 1
-        rewards = batch["rewards"].float()
-        totals.update({"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-                       "logprob_diff": logprob_diff, "lr": self.optimizer.param_groups[0]["lr"],
-                       "advantage_abs": float((advantages.abs() * batch["response_mask"]).sum() / batch["response_mask"].sum().clamp(min=1))})
+        totals["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.objective.uses_sampling_distribution:
+            totals["logprob_diff"] = logprob_diff
+        if "advantages" in batch:
+            mask = batch["response_mask"]
+            totals["advantage_abs"] = float((batch["advantages"].abs() * mask).sum() / mask.sum().clamp(min=1))
         return totals
 
-    def _advantages(self, batch: Batch) -> torch.Tensor:
-        estimator = ADVANTAGE_ESTIMATORS["grpo" if self.algorithm.normalize_std else "dr_grpo"]
-        inputs = AdvantageInputs(rewards=batch["rewards"].float(), group_index=batch["prompt_index"],
-                                 response_mask=batch["response_mask"])
-        return estimator(inputs)
-
-    def _update(self, mini: Batch, advantages: torch.Tensor, check_logprobs: bool) -> tuple[dict[str, float], float]:
+    def _update(self, mini: Batch, check_logprobs: bool) -> tuple[dict[str, float], float]:
         """One optimizer step on a mini-batch, accumulated over micro-batches.
 
-        Micro-batch losses are normalised by the mini-batch's token (or sequence) count, so their sum
-        is exactly the mini-batch loss whatever the micro-batch size."""
-        mask = mini["response_mask"]
-        aggregation = self.algorithm.loss_aggregation
-        denominator = float(mask.sum()) if aggregation == "token_mean" else float((mask.sum(1) > 0).sum())
+        Micro-batch losses are shares of the mini-batch loss (normalised by the mini-batch's token,
+        sequence or pair count), so their sum is exactly the mini-batch loss whatever the micro-batch
+        size. Micro-batches hold whole units (a DPO pair is two rows)."""
+        normaliser = self.objective.normaliser(mini)
+        unit = self.objective.rows_per_unit
+        micro_rows = max(unit, self.micro_batch_size // unit * unit)
         self.optimizer.zero_grad(set_to_none=True)
         stats_sum: dict[str, float] = {}
         diff = 0.0
-        for rows in torch.arange(len(mini)).split(self.micro_batch_size):
+        for rows in torch.arange(len(mini)).split(micro_rows):
             micro = mini.select(rows)
-            loss, stats, micro_diff = self._micro_loss(micro, advantages[rows], denominator, check_logprobs)
+            loss, stats, micro_diff = self._micro_loss(micro, normaliser, check_logprobs)
             loss.backward()
             diff = max(diff, micro_diff)
-            weight = float(micro["response_mask"].sum()) / max(float(mask.sum()), 1.0)
-            for k, v in stats.items():  # loss terms are already shares of the total: add them up
+            weight = self.objective.stat_weight(micro, mini)
+            for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + (v if k in SUMMED_STATS else v * weight)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip if self.grad_clip > 0 else float("inf"))
         self.optimizer.step()
@@ -146,37 +160,16 @@ class ActorWorker:
         stats_sum["grad_norm"] = float(grad_norm)
         return stats_sum, diff
 
-    def _micro_loss(self, micro: Batch, advantages, denominator: float, check_logprobs: bool):
+    def _micro_loss(self, micro: Batch, normaliser: float, check_logprobs: bool):
         mask = micro["response_mask"]
-        logprobs, logits = sequence_logprobs(self.model, micro["sequences"], micro["attention_mask"], mask, self.params, return_logits=True)
+        logprobs, logits = sequence_logprobs(self.model, micro["sequences"], micro["attention_mask"], mask,
+                                             self.train_params, return_logits=True)
         diff = 0.0
-        if check_logprobs:
+        if check_logprobs and self.objective.uses_sampling_distribution:
             diff = float(((logprobs.detach() - micro["logprobs"]).abs() * mask).max())
-        aggregate = _share_of(denominator, self.algorithm.loss_aggregation)
-        ref = micro["ref_logprobs"] if "ref_logprobs" in micro else None
-        loss, stats = clipped_policy_loss(
-            logprobs, micro["logprobs"], advantages, mask,
-            clip_low=self.algorithm.clip_low, clip_high=self.algorithm.clip_high, aggregation=aggregate,
-            ref_logprobs=ref, kl_coef=self.algorithm.kl_coef if ref is not None else 0.0,
-        )
-        stats["entropy"] = _response_entropy(logits.detach(), mask[:, 1:], self.params)
+        loss, stats = self.objective.loss(logprobs, micro, normaliser)
+        stats["entropy"] = _response_entropy(logits.detach(), mask[:, 1:], self.train_params)
         return loss, stats, diff
-
-
-SUMMED_STATS = ("loss", "policy_loss")
-
-
-def _share_of(denominator: float, aggregation: str):
-    """This micro-batch's part of the mini-batch aggregate: Σ(values) / (mini-batch count)."""
-    def token_share(values, mask):
-        return (values * mask.to(values.dtype)).sum() / max(denominator, 1.0)
-
-    def sequence_share(values, mask):
-        mask = mask.to(values.dtype)
-        per_row = (values * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return per_row.sum() / max(denominator, 1.0)
-
-    return {"token_mean": token_share, "sequence_mean": sequence_share}[aggregation]
 
 
 def _response_entropy(logits: torch.Tensor, mask: torch.Tensor, params: SamplingParams) -> float:
@@ -198,6 +191,12 @@ class ReferenceWorker:
         self.model, self.micro_batch_size = model.eval(), micro_batch_size
         self.params = SamplingParams(temperature=params.temperature or 1.0, max_new_tokens=params.max_new_tokens)
 
+    @classmethod
+    def for_actor(cls, model: CausalLM, actor: "ActorWorker", micro_batch_size: int) -> "ReferenceWorker":
+        """A reference scoring under the same distribution as the actor's trainer (DPO: the plain model)."""
+        return cls(model, actor.params if actor.objective.uses_sampling_distribution else MODEL_DISTRIBUTION,
+                   micro_batch_size)
+
     @torch.no_grad()
     def inference(self, batch: Batch) -> Batch:
         device = next(self.model.parameters()).device
@@ -205,13 +204,3 @@ class ReferenceWorker:
         for micro in batch.to(device).split(max(1, -(-len(batch) // self.micro_batch_size))):
             parts.append(sequence_logprobs(self.model, micro["sequences"], micro["attention_mask"], micro["response_mask"], self.params))
         return Batch({"ref_logprobs": torch.cat(parts)})
-
-
-class RewardWorker:
-    def __init__(self, fn, field_names: tuple[str, ...] = ()):
-        self.fn, self.field_names = fn, field_names
-
-    def inference(self, batch: Batch) -> Batch:
-        fields = {name: list(batch[name]) if not torch.is_tensor(batch[name]) else batch[name].tolist() for name in self.field_names}
-        rewards = score(self.fn, list(batch["completions"]), fields)
-        return Batch({"rewards": torch.tensor(rewards, dtype=torch.float32)})
