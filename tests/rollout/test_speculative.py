@@ -71,3 +71,47 @@ def test_kv_rollback_after_rejection():
     fast = RolloutEngine(m, num_slots=3, speculator=spec).generate(PROMPTS, params)
     assert [s.token_ids for s in plain] == [s.token_ids for s in fast]
     assert spec.stats.drafted > spec.stats.accepted
+
+
+def test_kv_rollback_directly(model, single_thread):
+    """After every speculative step (always-wrong drafts mixed with right ones), each running slot's
+    cache holds exactly the KV of its committed tokens at positions < length, and length = prompt +
+    generated − 1 (the last token is fed next). Checked against a fresh prefill of those tokens."""
+    from fastrlhf.rollout.kv_cache import KVCache, PrefillView
+
+    class HalfWrongDrafter:  # right (greedy) half of the time, wrong otherwise
+        def __init__(self, model):
+            self.model, self.calls = model, 0
+
+        def reset(self):
+            pass
+
+        def propose(self, group, context, gamma):
+            self.calls += 1
+            with torch.no_grad():
+                good = int(self.model(torch.tensor([context]))[0, -1].argmax())
+            return [good] * min(gamma, 1) + [(good + 1) % 11] * (gamma - 1) if self.calls % 2 else [(good + 3) % 11] * gamma
+
+    m = model
+    params = SamplingParams(temperature=0, max_new_tokens=14, n=2, seed=1)
+    spec = Speculator(HalfWrongDrafter(m), gamma=3)
+    engine = RolloutEngine(m, num_slots=4, speculator=spec)
+    engine.start(PROMPTS, params)
+    checked = 0
+    while not engine.scheduler.done:
+        engine.step()
+        for slot, seq in engine.scheduler.running.items():
+            n = int(engine.n_generated[slot])
+            tokens = seq.prompt_ids + engine.out_tokens[slot, :n].tolist()
+            L = int(engine.lengths[slot])
+            assert L == len(tokens) - 1 and int(engine.last_token[slot]) == tokens[-1]
+            ref = KVCache(m.config, 1, L, torch.float32, "cpu")
+            positions = torch.arange(L)[None]
+            masks = m.masks_for(positions, positions, torch.ones(1, L, dtype=torch.bool))
+            with torch.no_grad():
+                m.hidden_states(torch.tensor([tokens[:L]]), positions, masks, PrefillView(ref, torch.tensor([0]), torch.tensor([0]), L))
+            for layer in range(m.config.num_layers):
+                assert torch.allclose(engine.cache.k[layer][slot, :L], ref.k[layer][0], atol=1e-5)
+                assert torch.allclose(engine.cache.v[layer][slot, :L], ref.v[layer][0], atol=1e-5)
+            checked += 1
+    assert checked > 20 and 0 < spec.stats.accepted < spec.stats.drafted

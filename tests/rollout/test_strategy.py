@@ -23,14 +23,27 @@ def test_expected_tokens_by_hand():
 def test_choice_follows_acceptance_and_cost():
     s = AdaptiveSpeculator(NGramDrafter(), gammas=(0, 2, 8))
     for g in (0, 2, 8):  # costs per (bucket 8, T): verification cost grows with T
-        s.seconds[(8, 1 + g)] = {0: 1.0, 2: 1.5, 8: 4.0}[g]
-    s.alpha = 0.05  # drafts almost never match → plain decoding
-    assert s.choose(8) == 0
-    s.alpha = 0.7  # E(2) = 2.19 per 1.5 s beats 1 per 1 s and E(8) = 3.2 per 4 s
-    assert s.choose(8) == 2
-    s.alpha = 0.98  # nearly always right → deep drafts
-    assert s.choose(8) == 8
-    assert s.choose(3) == 0  # bucket 4 never measured: explore it first
+        s.seconds[("ngram" if g else "plain", 8, 1 + g)] = {0: 1.0, 2: 1.5, 8: 4.0}[g]
+    s.alphas["ngram"] = 0.05  # drafts almost never match → plain decoding
+    assert s.choose(8) == ("plain", 0)
+    s.alphas["ngram"] = 0.7  # E(2) = 2.19 per 1.5 s beats 1 per 1 s and E(8) = 3.2 per 4 s
+    assert s.choose(8) == ("ngram", 2)
+    s.alphas["ngram"] = 0.98  # nearly always right → deep drafts
+    assert s.choose(8) == ("ngram", 8)
+    assert s.choose(3) == ("plain", 0)  # bucket 4 never measured: explore it first
+
+
+def test_choice_between_drafters():
+    """A draft model accepted more often but costing more per pass wins only where it pays."""
+    s = AdaptiveSpeculator(NGramDrafter(), others={"draft": object()}, gammas=(0, 4))
+    s.seconds.update({("plain", 8, 1): 1.0, ("ngram", 8, 5): 1.6, ("draft", 8, 5): 2.0})
+    s.alphas.update(ngram=0.3, draft=0.8)  # E: ngram 1.43 / 1.6 s = 0.89; draft 3.36 / 2 s = 1.68
+    assert s.choose(8) == ("draft", 4)
+    s.alphas["draft"] = 0.4  # E 1.65 / 2 s = 0.83 < plain 1 / 1 s
+    assert s.choose(8) == ("plain", 0)
+    s.alphas["ngram"] = 0.9  # E 4.1 / 1.6 s
+    assert s.choose(8) == ("ngram", 4)
+    assert s.choose(2) == ("plain", 0) and s.choose(2) == s.choose(2)  # unexplored bucket: in order
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +63,22 @@ def test_adaptive_run_explores_then_settles_and_never_changes_samples(model):
     # with equal costs, any acceptance > 0 favours the deepest draft (other γ only while a new,
     # smaller batch bucket is being explored in the tail)
     assert spec.alpha > 0 and spec.chosen.count(8) > len(spec.chosen) / 2
+    assert spec.per_drafter["ngram"].drafted == spec.stats.drafted > 0
+
+
+def test_adaptive_with_two_drafters_explores_both_and_greedy_output_is_unchanged(model):
+    """Greedy: whichever drafter and γ each step takes, the output is plain decoding's; per-drafter
+    acceptance is tracked for each (sampled runs are covered by test_lossless.py)."""
+    from fastrlhf.rollout.speculative.draft_model import DraftModelDrafter, truncated_draft
+
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [3] * 5]
+    params = SamplingParams(temperature=0, max_new_tokens=30, n=3, seed=2)
+    plain = RolloutEngine(model, num_slots=6).generate(prompts, params)
+    ticks = iter(range(10**6))
+    spec = AdaptiveSpeculator(NGramDrafter(n_max=3), others={"draft": DraftModelDrafter(truncated_draft(model, 1))},
+                              gammas=(0, 2, 4), clock=lambda: next(ticks))
+    fast = RolloutEngine(model, num_slots=6, speculator=spec).generate(prompts, params)
+    assert [s.token_ids for s in plain] == [s.token_ids for s in fast]
+    assert {"plain", "ngram", "draft"} <= set(spec.chosen_drafters[:5])
+    assert all(spec.per_drafter[d].drafted > 0 for d in ("ngram", "draft"))
+    assert 0 < spec.alphas["draft"] < 1

@@ -11,7 +11,10 @@ Every finished `Sequence` carries its token ids, the per-token log-probs of the 
 distribution (from the same `sampling_logprobs` the trainer uses), its finish reason and the policy
 version that produced it.
 
-Left out: speculative decoding (a later layer on top of `_decode`), CUDA graphs, paged attention.
+Speculative decoding plugs in at `_decode` (`speculator=`, see speculative/verify.py): it replaces
+the one-token decode with a draft + verification pass and commits through the same `_commit`.
+
+Left out: CUDA graphs, paged attention.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ the drafter's quality.
 Index: per group (prompt), a dict from n-gram → (document, end position) of its latest occurrence,
 updated incrementally as documents grow. Memory is O(total tokens × (n_max − n_min + 1)).
 
-Left out (issue 5 continues): responses from earlier generate calls (the index is reset per call),
-the draft model, the strategy selector. The verifier is speculative/verify.py.
+Left out: responses from earlier generate calls (the index is reset per call). The verifier is
+speculative/verify.py; the stochastic alternative is draft_model.py.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from collections import defaultdict
 
 
 class NGramDrafter:
+    name = "ngram"
+
     def __init__(self, n_max: int = 4, n_min: int = 1):
         if not 1 <= n_min <= n_max:
             raise ValueError(f"need 1 ≤ n_min ≤ n_max, got n_min={n_min}, n_max={n_max}")

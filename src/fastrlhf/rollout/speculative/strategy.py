@@ -1,19 +1,21 @@
-"""Workload-aware draft length: pick γ each engine step from a cost table and the acceptance rate.
+"""Workload-aware speculation: pick the drafter and γ each engine step from costs and acceptance.
 
-With acceptance rate α, a verification pass of 1 + γ tokens commits on average
-    E(γ) = (1 − α^(γ+1)) / (1 − α)                 tokens per sequence     (PAPERS.md §1)
-and costs t(B, 1 + γ) seconds for B running sequences (γ = 0 is plain decoding, E = 1). The step
-takes the γ maximising committed tokens per second, B·E(γ) / t(B, 1 + γ).
+With acceptance rate α_d of drafter d, a verification pass of 1 + γ tokens commits on average
+    E(α, γ) = (1 − α^(γ+1)) / (1 − α)               tokens per sequence     (PAPERS.md §1)
+and costs t_d(B, 1 + γ) seconds for B running sequences (drafting + verification; γ = 0 is plain
+decoding, E = 1, no drafter). The step takes the (d, γ) maximising committed tokens per second,
+B·E(α_d, γ) / t_d(B, 1 + γ).
 
-- α: exponential moving average of accepted / drafted over verification passes (prior 0.5).
-- t(B, T): measured wall seconds of each pass, kept as an exponential moving average per
-  (B bucket = next power of two, T); a (B, T) never measured is tried once before it is trusted
-  (optimistic exploration), so the table fills itself from the run's own steps — no start-up
-  profiling pass. Timing is injectable (`clock`) so the choice is testable.
-Whatever γ is chosen, samples do not change (verify.py): the strategy only moves speed.
+- α_d: per drafter, an exponential moving average of accepted / drafted over its passes (prior 0.5).
+- t_d(B, T): measured wall seconds of each step, an exponential moving average per (drafter,
+  B bucket = next power of two, T); a combination never measured is tried once before it is
+  trusted (optimistic exploration), so the table fills itself from the run's own steps — no
+  start-up profiling pass. Timing is injectable (`clock`) so the choice is testable.
+Whatever is chosen, the sample distribution does not change (verify.py): the strategy only moves
+speed. With deterministic drafters only, not even the tokens change.
 
-Left out: a start-up profile, per-drafter acceptance (one drafter so far), the RLHFSpec/TLT batch
-buckets as priors, migration between workers.
+Left out: a start-up profile, the RLHFSpec/TLT batch buckets as priors, ε-greedy re-exploration of
+stale entries, migration between workers.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from fastrlhf.rollout.speculative.verify import Speculator
+from fastrlhf.rollout.speculative.verify import Speculator, SpecStats
+
+PLAIN = "plain"  # the cost-table name of γ = 0
 
 
 def expected_tokens(alpha: float, gamma: int) -> float:
@@ -35,38 +39,77 @@ def batch_bucket(batch: int) -> int:
     return 1 << max(batch - 1, 0).bit_length()
 
 
+def drafter_name(drafter) -> str:
+    return getattr(drafter, "name", type(drafter).__name__)
+
+
 @dataclass
 class AdaptiveSpeculator(Speculator):
+    """`drafter` (and any `others`, name → drafter) compete with each other and with plain decoding."""
+
+    others: dict[str, object] = field(default_factory=dict)
     gammas: tuple[int, ...] = (0, 1, 2, 4, 8)
     smoothing: float = 0.3
-    alpha: float = 0.5
+    alpha_prior: float = 0.5
     clock: object = time.perf_counter
-    seconds: dict[tuple[int, int], float] = field(default_factory=dict)  # (B bucket, T) → EMA seconds
+    seconds: dict[tuple[str, int, int], float] = field(default_factory=dict)  # (drafter, B bucket, T) → EMA s
+    alphas: dict[str, float] = field(default_factory=dict)  # drafter → EMA acceptance
+    per_drafter: dict[str, SpecStats] = field(default_factory=dict)
     chosen: list[int] = field(default_factory=list)  # γ per step (for logs and tests)
+    chosen_drafters: list[str] = field(default_factory=list)  # drafter per step (PLAIN for γ = 0)
+
+    def __post_init__(self) -> None:
+        self.drafters = {drafter_name(self.drafter): self.drafter, **self.others}
+        for name in self.drafters:
+            self.alphas.setdefault(name, self.alpha_prior)
+            self.per_drafter.setdefault(name, SpecStats())
+
+    @property
+    def alpha(self) -> float:
+        """Acceptance estimate of the main drafter."""
+        return self.alphas[drafter_name(self.drafter)]
+
+    def begin(self) -> None:
+        super().begin()
+        for drafter in self.others.values():
+            drafter.reset()
 
     def decode(self, engine, active: list[int]) -> None:
-        gamma = self.choose(len(active))
+        name, gamma = self.choose(len(active))
         self.chosen.append(gamma)
-        drafted, accepted = self.stats.drafted, self.stats.accepted
+        self.chosen_drafters.append(name)
+        self.gamma = gamma
+        before = SpecStats(**self.stats.__dict__)
         started = self.clock()
         if gamma == 0:
             engine.decode_one(active)
         else:
-            self.gamma = gamma
-            super().decode(engine, active)
-        self._record(len(active), 1 + gamma, self.clock() - started)
-        if self.stats.drafted > drafted:
-            rate = (self.stats.accepted - accepted) / (self.stats.drafted - drafted)
-            self.alpha += self.smoothing * (rate - self.alpha)
+            self.verify_with(self.drafters[name], gamma, engine, active)
+        self._record(name, len(active), 1 + gamma, self.clock() - started)
+        if gamma:
+            delta = SpecStats(**{k: v - before.__dict__[k] for k, v in self.stats.__dict__.items()})
+            mine = self.per_drafter[name]
+            for k, v in delta.__dict__.items():
+                setattr(mine, k, getattr(mine, k) + v)
+            if delta.drafted:
+                self.alphas[name] += self.smoothing * (delta.accepted / delta.drafted - self.alphas[name])
 
-    def choose(self, batch: int) -> int:
+    def choose(self, batch: int) -> tuple[str, int]:
+        """(drafter name, γ) for a step with `batch` running sequences; (PLAIN, 0) = no speculation."""
         bucket = batch_bucket(batch)
-        unmeasured = [g for g in self.gammas if (bucket, 1 + g) not in self.seconds]
+        options = [(PLAIN, 0)] * (0 in self.gammas) + [(d, g) for d in self.drafters for g in self.gammas if g > 0]
+        unmeasured = [o for o in options if (o[0], bucket, 1 + o[1]) not in self.seconds]
         if unmeasured:
             return unmeasured[0]
-        return max(self.gammas, key=lambda g: batch * expected_tokens(self.alpha, g) / self.seconds[(bucket, 1 + g)])
 
-    def _record(self, batch: int, tokens: int, seconds: float) -> None:
-        key = (batch_bucket(batch), tokens)
+        def rate(option):
+            name, gamma = option
+            alpha = self.alphas.get(name, 0.0)
+            return batch * expected_tokens(alpha, gamma) / self.seconds[(name, bucket, 1 + gamma)]
+
+        return max(options, key=rate)
+
+    def _record(self, name: str, batch: int, tokens: int, seconds: float) -> None:
+        key = (name, batch_bucket(batch), tokens)
         old = self.seconds.get(key)
         self.seconds[key] = seconds if old is None else old + self.smoothing * (seconds - old)

@@ -1,22 +1,27 @@
-"""Batched speculative decoding with a deterministic drafter: one verification pass, exact sampling.
+"""Batched speculative decoding: draft, verify all drafts in one actor pass, commit, roll back.
 
 Per running sequence b with draft d_1..d_g (g ≤ γ, from the drafter; g may differ per sequence):
 1. feed [last token, d_1 .. d_g] at positions L_b .. L_b+g in ONE forward pass for the whole batch
    (rows padded to 1 + max g; an explicit causal mask; the KV of all fed tokens is written);
-2. at every fed position t draw y_t from the actor's sampling distribution with the uniform the
-   plain decoder would use for that token (counter n_generated + t, see sampler.uniforms);
-3. accept drafts while y_t = d_{t+1}; commit y_0 .. y_a (a = accepted drafts, so ≥ 1 token per pass);
-   their log-probs are the verification logits' log π(y_t) — never the drafter's;
-4. KV rollback: the sequence's length advances by the committed count only; KV written for rejected
+2. decide which drafts to keep (acceptance.py): sample-and-compare for a deterministic draft,
+   min(1, p/q) + residual resampling (Leviathan et al. 2023 / Chen et al. 2023) for a stochastic
+   one; commit y_0 .. y_a (a = accepted drafts, so ≥ 1 token per pass), with log-probs log p(y_t)
+   from the verification logits — never the drafter's;
+3. KV rollback: the sequence's length advances by the committed count only; KV written for rejected
    positions lies beyond it, is masked by position and overwritten later.
 
-Lossless by construction — and more: with a deterministic drafter the committed tokens are *the
-same tokens* plain decoding would sample (same distribution, same uniform at each position), so
-speculation changes speed, never samples (tested token for token). PAPERS.md §1's "sample y ~ p,
-accept while equal" rule is this with counter-based randomness.
+Drafters come in two kinds, told apart by the method they have:
+- per sequence, deterministic: `propose(group, context, γ) -> list[int]` (+ `extend(group, doc,
+  tokens)` to learn the text of every sequence; ngram.py);
+- batched, possibly stochastic: `draft_batch(engine, slots, seqs, contexts, gammas) -> Draft`
+  (draft_model.py), returning the draft's sampling probabilities q when it sampled its drafts.
+Both have `reset()`, called when a generate call starts.
 
-Left out (issue 5 continues): stochastic draft models (min(1, p/q) + residual resampling), token
-trees, the cost-model strategy that picks γ per step (γ is fixed here), compile of the verify pass.
+With a deterministic drafter and counter-based randomness the committed tokens are *the same
+tokens* plain decoding samples: speculation changes speed, never samples (tested token for token).
+With a stochastic drafter they follow the same distribution (tested by χ² over whole sequences).
+
+Left out: token trees, compile of the verify pass.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fastrlhf.rollout.kv_cache import DecodeView
-from fastrlhf.rollout.sampler import sample, uniforms
+from fastrlhf.rollout.speculative.acceptance import accept_by_comparison, accept_by_rejection
 
 
 @dataclass
@@ -46,14 +51,32 @@ class SpecStats:
 
 
 @dataclass
+class Draft:
+    """Drafts of one pass: tokens [B, G] (padded with 0 past `lengths` [B]), and q [B, G, V] — the
+    draft's sampling probabilities at each position — or None for deterministic drafts."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    q: torch.Tensor | None = None
+
+    @classmethod
+    def from_lists(cls, drafts: list[list[int]], device) -> "Draft":
+        G = max((len(d) for d in drafts), default=0)
+        tokens = torch.zeros(len(drafts), G, dtype=torch.long, device=device)
+        for i, d in enumerate(drafts):
+            tokens[i, : len(d)] = torch.tensor(d, dtype=torch.long)
+        return cls(tokens, torch.tensor([len(d) for d in drafts], dtype=torch.long, device=device))
+
+
+@dataclass
 class Speculator:
-    """Fixed-γ speculation with a drafter exposing `reset()`, `extend(group, doc, tokens)` and
-    `propose(group, context, γ)`; groups are the prompts of the current generate call."""
+    """Fixed-γ speculation with one drafter (see the module docstring for the two drafter kinds);
+    groups are the prompts of the current generate call."""
 
     drafter: object
     gamma: int = 4
     stats: SpecStats = field(default_factory=SpecStats)
-    _indexed: dict[int, int] = field(default_factory=dict)  # seq_id → tokens already given to the drafter
+    _indexed: dict[tuple[int, int], int] = field(default_factory=dict)  # (drafter id, seq_id) → tokens given to it
 
     def begin(self) -> None:
         """A new generate call: sequence ids and prompt indices restart, so the drafter does too."""
@@ -61,36 +84,41 @@ class Speculator:
         self._indexed.clear()
 
     def decode(self, engine, active: list[int]) -> None:
+        self.verify_with(self.drafter, self.gamma, engine, active)
+
+    def verify_with(self, drafter, gamma: int, engine, active: list[int]) -> None:
+        """One draft + verification pass with `drafter` at draft length `gamma` for the running slots."""
         seqs = [engine.scheduler.running[s] for s in active]
-        contexts = [self._context(engine, s) for s in seqs]
-        drafts = [self._draft(engine, s, c) for s, c in zip(seqs, contexts)]
         slots = torch.tensor(active, device=engine.device)
-        T = 1 + max(len(d) for d in drafts)
-        fed = torch.zeros(len(active), T, dtype=torch.long, device=engine.device)
-        fed[:, 0] = engine.last_token[slots]
-        for i, d in enumerate(drafts):
-            fed[i, 1 : 1 + len(d)] = torch.tensor(d, dtype=torch.long)
+        draft = self._drafts(drafter, gamma, engine, slots, seqs)
+        fed = torch.cat([engine.last_token[slots][:, None], draft.tokens], dim=1)  # [B, T]
         logits = self._verify(engine, slots, fed, contiguous=active[-1] == len(active) - 1)  # [B, T, V]
-        counters = engine.n_generated[slots][:, None] + torch.arange(T, device=engine.device)  # [B, T]
-        seeds = engine.seeds[slots][:, None].expand(-1, T)
-        y, logp = sample(logits.reshape(-1, logits.shape[-1]), engine.params, uniforms(seeds.reshape(-1), counters.reshape(-1)))
-        y, logp = y.view(-1, T), logp.view(-1, T)
-        draft_len = torch.tensor([len(d) for d in drafts], device=engine.device)
-        match = (y[:, :-1] == fed[:, 1:]) & (torch.arange(T - 1, device=engine.device) < draft_len[:, None])
-        n_commit = match.long().cumprod(dim=1).sum(dim=1) + 1  # [B]
-        self._commit(engine, slots, seqs, y, logp, n_commit, draft_len)
+        seeds, counters = engine.seeds[slots], engine.n_generated[slots]
+        if draft.q is None or draft.tokens.shape[1] == 0:
+            y, logp, n_commit = accept_by_comparison(logits, draft.tokens, draft.lengths, engine.params, seeds, counters)
+        else:
+            y, logp, n_commit = accept_by_rejection(logits, draft.tokens, draft.lengths, draft.q, engine.params, seeds, counters)
+        self._commit(engine, slots, seqs, y, logp, n_commit, draft.lengths)
+
+    def _drafts(self, drafter, gamma: int, engine, slots, seqs) -> Draft:
+        contexts = [self._context(engine, s) for s in seqs]
+        rooms = (engine.params.max_new_tokens - engine.n_generated[slots] - 1).clamp(min=0)  # tokens left after y_0
+        gammas = rooms.clamp(max=gamma).tolist()
+        if hasattr(drafter, "draft_batch"):
+            return drafter.draft_batch(engine, slots, seqs, contexts, gammas)
+        return Draft.from_lists([self._propose(drafter, s, c, g) for s, c, g in zip(seqs, contexts, gammas)], engine.device)
 
     def _context(self, engine, seq) -> list[int]:
         n = int(engine.n_generated[seq.slot])
         return seq.prompt_ids + engine.out_tokens[seq.slot, :n].tolist()
 
-    def _draft(self, engine, seq, context: list[int]) -> list[int]:
-        known = self._indexed.get(seq.seq_id, 0)
-        if known < len(context):  # the drafter learns this sequence's text (it helps its siblings too)
-            self.drafter.extend(seq.prompt_index, seq.seq_id, context[known:])
-            self._indexed[seq.seq_id] = len(context)
-        room = engine.params.max_new_tokens - int(engine.n_generated[seq.slot]) - 1
-        return self.drafter.propose(seq.prompt_index, context, min(self.gamma, room)) if room > 0 else []
+    def _propose(self, drafter, seq, context: list[int], gamma: int) -> list[int]:
+        key = (id(drafter), seq.seq_id)
+        known = self._indexed.get(key, 0)
+        if known < len(context) and hasattr(drafter, "extend"):  # the drafter learns this text (it helps siblings too)
+            drafter.extend(seq.prompt_index, seq.seq_id, context[known:])
+            self._indexed[key] = len(context)
+        return drafter.propose(seq.prompt_index, context, gamma) if gamma > 0 else []
 
     def _verify(self, engine, slots, fed, contiguous: bool) -> torch.Tensor:
         model = engine.model
