@@ -168,3 +168,11 @@ def test_every_key_is_described_with_help():
     assert "rollout.temperature" in keys and len(keys) == len(set(keys))
     assert [key for key, _, _ in describe()] == keys
     assert all(help_text for _, _, help_text in describe())
+
+
+def test_off_is_a_choice_not_a_boolean(tmp_path):
+    """YAML reads `off` as False; for a field whose choices include 'off' it means the choice."""
+    assert load_config(None, ["rollout.speculative=off"]).rollout.speculative == "off"
+    assert load_config(write(tmp_path, "rollout:\n  speculative: off\n")).rollout.speculative == "off"
+    with pytest.raises(UserError, match="'train.device' must be one of"):
+        load_config(None, ["train.device=off"])

@@ -79,10 +79,18 @@ class RolloutSection:
     max_new_tokens: int = option(8, "longest completion, in tokens", at_least(1))
     num_slots: int = option(128, "sequences decoded concurrently by the engine", at_least(1))
     compile: bool = option(False, "torch.compile the decode step (slow cold start)")
-    speculative: Literal["off", "ngram"] = option(
-        "off", "speculative decoding: 'ngram' drafts from the sequence and its sibling samples (lossless)")
+    speculative: Literal["off", "ngram", "draft", "adaptive"] = option(
+        "off", "speculative decoding (lossless): 'ngram' drafts from the sequence and its sibling samples, "
+               "'draft' from a small draft model cut from the actor, 'adaptive' picks between both each step")
     gamma: int = option(0, "draft tokens per verification pass (0 = chosen each step from measured cost and acceptance)",
                         at_least(0))
+    draft_layers: int = option(0, "draft model: the actor's first N layers (0 = half the actor's, rounded up; "
+                                  "must be fewer than the actor's)", at_least(0))
+    draft_refresh_every: int = option(10, "distil the draft towards the current actor on the latest rollouts "
+                                          "every N steps (0 = never: keep the initial truncated copy)", at_least(0))
+    draft_epochs: int = option(1, "passes over the latest rollouts per draft refresh", at_least(1))
+    draft_lr: float = option(1e-3, "draft distillation learning rate (AdamW, kept across refreshes)",
+                             greater_than(0.0))
 
 
 ALGORITHMS = ("grpo", "rloo", "reinforce_pp", "ppo", "online_dpo", "dpo")

@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal
 
 from fastrlhf.errors import UserError
 
+YAML_BOOL_WORDS = {False: ("off", "false", "no"), True: ("on", "true", "yes")}
 Check = Callable[[Any], "str | None"]  # returns a problem description, or None when fine
 
 
@@ -61,6 +62,10 @@ def convert(value: Any, annotation: Any, key: str, source: str) -> Any:
     if origin is Literal:
         if value in args and not isinstance(value, bool):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads off / on / no / yes as booleans
+            spelled = [arg for arg in args if isinstance(arg, str) and arg in YAML_BOOL_WORDS[value]]
+            if spelled:
+                return spelled[0]
         choices = ", ".join(repr(arg) for arg in args)
         raise UserError(f"{source}: '{key}' must be one of {choices}, got {value!r}")
     if origin is list:

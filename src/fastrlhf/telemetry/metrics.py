@@ -163,4 +163,19 @@ def _tensorboard_writer(run_dir: Path, resume_from_step: int | None):
     from torch.utils.tensorboard import SummaryWriter
 
     purge = None if resume_from_step is None else resume_from_step + 1
+    if purge is not None:
+        _wait_for_a_later_second(run_dir / TENSORBOARD_DIR)
     return SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=purge, flush_secs=10)
+
+
+def _wait_for_a_later_second(log_dir: Path) -> None:
+    """Sleep (< 1 s) until the clock's second is past every event file's in `log_dir`.
+
+    Event files are named events.out.tfevents.{unix second}.{host}.{pid}.{counter}; readers replay
+    them in name order. Two files from the same second and process are ordered by a counter that
+    sorts as text ("10" < "9"), so a resumed writer could be replayed *before* the writer it
+    purges. A new second in its name makes the order unambiguous."""
+    seconds = [int(p.name.split(".")[3]) for p in log_dir.glob("events.out.tfevents.*")
+               if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
+    if seconds and max(seconds) >= int(time.time()):
+        time.sleep(max(seconds) + 1 - time.time() + 0.01)

@@ -39,6 +39,7 @@ from fastrlhf.train.evaluate import evaluate, evaluate_preference
 from fastrlhf.train.interrupt import GracefulStop, TrainingInterrupted
 from fastrlhf.train.optim import build_optimizer, build_scheduler
 from fastrlhf.train.reward_workers import is_reward_model_dir, load_reward_model, reward_worker
+from fastrlhf.train.speculation import RolloutSpeculation
 from fastrlhf.train.workers import ActorWorker, ReferenceWorker
 
 
@@ -72,16 +73,10 @@ def model_directory(config: Config) -> Path:
     return Path(config.model.path)
 
 
-def make_speculator(rollout):
-    if rollout.speculative == "off":
-        return None
-    from fastrlhf.rollout.speculative.ngram import NGramDrafter
-    from fastrlhf.rollout.speculative.strategy import AdaptiveSpeculator
-    from fastrlhf.rollout.speculative.verify import Speculator
-
-    if rollout.gamma == 0:
-        return AdaptiveSpeculator(NGramDrafter())
-    return Speculator(NGramDrafter(), gamma=rollout.gamma)
+def make_speculation(config: Config, model, params: SamplingParams) -> RolloutSpeculation:
+    """The engine's speculator for `rollout.speculative`, with the draft model and its refresh
+    (train/speculation.py)."""
+    return RolloutSpeculation.build(config.rollout, model, params, config.train.micro_batch_size)
 
 
 def build_critic(config: Config, policy, tokenizer, reward, device) -> CriticWorker:
@@ -129,7 +124,8 @@ class Run:
                                      stop_token_ids=tuple(self.tokenizer.stop_token_ids()), n=r.samples_per_prompt)
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, t.steps * t.mini_batches, t.lr_decay)
-        self.engine = RolloutEngine(self.model, num_slots=r.num_slots, compile=r.compile, speculator=make_speculator(r))
+        self.speculation = make_speculation(config, self.model, self.params)
+        self.engine = RolloutEngine(self.model, num_slots=r.num_slots, compile=r.compile, speculator=self.speculation.speculator)
         self.actor = ActorWorker(self.model, self.tokenizer, self.engine, self.params, self.optimizer, self.scheduler, a,
                                  t.micro_batch_size, t.mini_batches, t.grad_clip)
         workers = {"actor": self.actor}
@@ -161,10 +157,11 @@ class Run:
             raise UserError(f"{self.run_dir}: run directory exists and is not empty (use --resume {self.run_dir}, or train.run_dir=NEW_DIR)")
 
     def companions(self) -> dict:
-        """Other trained models saved in each checkpoint (the PPO critic)."""
-        if self.critic is None:
-            return {}
-        return {"critic": (self.critic.model, self.critic.optimizer, self.critic.scheduler)}
+        """Other trained models saved in each checkpoint (the PPO critic, a distilled draft model)."""
+        companions = self.speculation.companions()
+        if self.critic is not None:
+            companions["critic"] = (self.critic.model, self.critic.optimizer, self.critic.scheduler)
+        return companions
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
@@ -200,12 +197,12 @@ class Run:
             self.critic.step_seed = step_seed(t.seed, step)
         started = time.perf_counter()
         result = self.executor.run(data)
-        metrics: dict[str, float] = {}
+        metrics = self.speculation.after_step(step, result.batch, step_seed(t.seed, step))  # draft refresh, if due
         for call_stats in result.stats.values():
             metrics.update(call_stats)
         for name, seconds in result.seconds.items():
             metrics[f"time/{name}"] = seconds
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started  # includes a draft refresh
         metrics["time/step"] = seconds
         metrics["tokens_per_s"] = float(result.batch["attention_mask"].sum()) / seconds
         metrics["kl"] = metrics.get("kl_ref", 0.0)
