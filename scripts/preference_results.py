@@ -27,7 +27,8 @@ from fastrlhf.train.loop import train
 
 # name -> the overrides of its recipe (shared ones in COMMON)
 RECIPES: dict[str, list[str]] = {
-    "ppo": ["algorithm.name=ppo", "rollout.samples_per_prompt=4"],
+    "ppo": ["algorithm.name=ppo", "rollout.samples_per_prompt=4", "train.lr=1e-4", "algorithm.critic_lr=1e-3",
+            "train.mini_batches=2"],
     "grpo": ["algorithm.name=grpo"],
     "rloo": ["algorithm.name=rloo"],
     "reinforce_pp": ["algorithm.name=reinforce_pp", "algorithm.kl_in=reward"],
