@@ -30,7 +30,9 @@ def test_choice_follows_acceptance_and_cost():
     assert s.choose(8) == ("ngram", 2)
     s.alphas["ngram"] = 0.98  # nearly always right → deep drafts
     assert s.choose(8) == ("ngram", 8)
-    assert s.choose(3) == ("plain", 0)  # bucket 4 never measured: explore it first
+    assert s.choose(3) == ("ngram", 8)  # bucket 4 never measured: borrows the nearest bucket's costs
+    s.gammas = (0, 2, 4, 8)
+    assert s.choose(8) == ("ngram", 4)  # an option never timed anywhere is tried once first
 
 
 def test_choice_between_drafters():
@@ -43,7 +45,7 @@ def test_choice_between_drafters():
     assert s.choose(8) == ("plain", 0)
     s.alphas["ngram"] = 0.9  # E 4.1 / 1.6 s
     assert s.choose(8) == ("ngram", 4)
-    assert s.choose(2) == ("plain", 0) and s.choose(2) == s.choose(2)  # unexplored bucket: in order
+    assert s.choose(2) == ("ngram", 4)  # unmeasured bucket: the nearest measured one decides
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def model(tmp_path_factory):
     return load_model(tiny_model_dir(tmp_path_factory.mktemp("m"), "llama", vocab_size=11))
 
 
-def test_adaptive_run_explores_then_settles_and_never_changes_samples(model):
+def test_adaptive_run_profiles_then_settles_and_never_changes_samples(model):
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [3] * 5]
     params = SamplingParams(temperature=0.8, max_new_tokens=30, n=3, seed=2)
     plain = RolloutEngine(model, num_slots=6).generate(prompts, params)
@@ -59,14 +61,18 @@ def test_adaptive_run_explores_then_settles_and_never_changes_samples(model):
     spec = AdaptiveSpeculator(NGramDrafter(n_max=3), clock=lambda: next(ticks))  # every pass "costs" 1 tick
     fast = RolloutEngine(model, num_slots=6, speculator=spec).generate(prompts, params)
     assert [s.token_ids for s in plain] == [s.token_ids for s in fast]
-    assert set(spec.chosen[:5]) == {0, 1, 2, 4, 8}  # each γ tried once for the first bucket
-    # with equal costs, any acceptance > 0 favours the deepest draft (other γ only while a new,
-    # smaller batch bucket is being explored in the tail)
+    # start-up profile: every bucket up to the first batch (6 sequences -> 8) and every T, before step 1
+    assert spec.profiled_up_to == 8
+    assert {(n, b, t) for (n, b, t) in spec.seconds if b <= 8} >= {("plain", b, 1) for b in (1, 2, 4, 8)} | \
+        {("ngram", b, 1 + g) for b in (1, 2, 4, 8) for g in (1, 2, 4, 8)}
+    # with equal costs, any acceptance > 0 favours the deepest draft
     assert spec.alpha > 0 and spec.chosen.count(8) > len(spec.chosen) / 2
     assert spec.per_drafter["ngram"].drafted == spec.stats.drafted > 0
+    # accepted counts only drafts that became tokens: each pass commits its sampled token + those
+    assert spec.stats.committed == spec.stats.passes + spec.stats.accepted
 
 
-def test_adaptive_with_two_drafters_explores_both_and_greedy_output_is_unchanged(model):
+def test_adaptive_with_two_drafters_is_unchanged_greedy_and_tracks_each_drafter(model):
     """Greedy: whichever drafter and γ each step takes, the output is plain decoding's; per-drafter
     acceptance is tracked for each (sampled runs are covered by test_lossless.py)."""
     from fastrlhf.rollout.speculative.draft_model import DraftModelDrafter, truncated_draft
@@ -76,9 +82,10 @@ def test_adaptive_with_two_drafters_explores_both_and_greedy_output_is_unchanged
     plain = RolloutEngine(model, num_slots=6).generate(prompts, params)
     ticks = iter(range(10**6))
     spec = AdaptiveSpeculator(NGramDrafter(n_max=3), others={"draft": DraftModelDrafter(truncated_draft(model, 1))},
-                              gammas=(0, 2, 4), clock=lambda: next(ticks))
+                              gammas=(0, 2, 4), clock=lambda: next(ticks), alphas={"draft": 0.9})
     fast = RolloutEngine(model, num_slots=6, speculator=spec).generate(prompts, params)
     assert [s.token_ids for s in plain] == [s.token_ids for s in fast]
-    assert {"plain", "ngram", "draft"} <= set(spec.chosen_drafters[:5])
-    assert all(spec.per_drafter[d].drafted > 0 for d in ("ngram", "draft"))
-    assert 0 < spec.alphas["draft"] < 1
+    assert spec.chosen_drafters[0] == "draft"  # the higher acceptance estimate goes first at equal cost
+    assert spec.per_drafter["draft"].drafted > 0
+    assert sum(spec.per_drafter[d].drafted for d in ("ngram", "draft")) == spec.stats.drafted
+    assert 0 <= spec.alphas["draft"] < 1

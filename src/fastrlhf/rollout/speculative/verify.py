@@ -38,7 +38,7 @@ from fastrlhf.rollout.speculative.acceptance import accept_by_comparison, accept
 class SpecStats:
     passes: int = 0  # sequence-verifications (one per running sequence per verification forward)
     drafted: int = 0  # draft tokens proposed
-    accepted: int = 0  # draft tokens accepted
+    accepted: int = 0  # draft tokens accepted and committed (not those past a stop)
     committed: int = 0  # tokens committed (accepted + one sampled per pass, fewer at a stop)
 
     @property
@@ -135,7 +135,7 @@ class Speculator:
     def _commit(self, engine, slots, seqs, y, logp, n_commit, draft_len) -> None:
         self.stats.passes += len(seqs)
         self.stats.drafted += int(draft_len.sum())
-        self.stats.accepted += int((n_commit - 1).sum())
+        committed_before = self.stats.committed
         alive = torch.ones(len(seqs), dtype=torch.bool, device=engine.device)
         for t in range(int(n_commit.max())):
             rows = alive & (t < n_commit)
@@ -145,3 +145,6 @@ class Speculator:
             done = engine._commit(slots[rows], y[rows, t], logp[rows, t])
             self.stats.committed += int(rows.sum())
             alive[rows.nonzero().squeeze(1)[done]] = False
+        # accepted = drafts that became part of a sequence: a draft "accepted" after the sequence
+        # stopped (e.g. past its EOS) saved nothing, so it does not count
+        self.stats.accepted += self.stats.committed - committed_before - len(seqs)
