@@ -38,6 +38,19 @@ def test_figure_has_reward_kl_length_and_eval_panels(tmp_path):
     assert list(evaluation.lines[0].get_xdata()) == [10, 20, 30]
 
 
+def test_held_out_kl_and_length_never_share_a_panel_with_rewards(tmp_path):
+    records = read_metrics(make_run(tmp_path, eval_every=0))
+    records += [{"step": 30, "eval/gold_reward": 1.8, "eval/reward": 6.0, "eval/kl": 2.2, "eval/response_length": 5.1}]
+    fig = build_figure(records)
+    assert titles(fig) == ["reward", "KL to reference", "response length", "held-out evaluation",
+                           "held-out KL to the start policy"]
+    _, kl, length, evaluation, held_out_kl = fig.axes
+    assert sorted(line.get_label() for line in evaluation.lines) == ["gold_reward", "reward"]
+    assert [line.get_label() for line in kl.lines] == ["KL to reference"]  # per-token; held-out is per sequence
+    assert list(held_out_kl.lines[0].get_ydata()) == [2.2]
+    assert "held-out response_length" in [line.get_label() for line in length.lines]
+
+
 def test_figure_without_eval_has_three_panels_and_missing_metrics_drop_theirs(tmp_path):
     records = read_metrics(make_run(tmp_path, eval_every=0))
     assert len(build_figure(records).axes) == 3

@@ -4,7 +4,9 @@ Panels, top to bottom, each only when the run logged it (x = step):
   reward           raw per-step values and a trailing moving average
   KL               KL to the reference policy
   response length  mean tokens per response
-  evaluation       every `eval/...` metric (held-out accuracy and friends), with markers
+  evaluation       the held-out reward-like `eval/...` metrics (accuracy, gold reward, ...), with
+                   markers; `eval/response_length` goes on the response-length panel and
+                   `eval/kl` (nats per sequence) on a panel of its own, so no panel mixes units
 
 `None` (non-finite when logged) values are gaps. The PNG is written to a temporary file and
 renamed, so a reader never sees half an image.
@@ -28,6 +30,11 @@ DEFAULT_NAME = "metrics.png"
 # (metric key, panel title, y label)
 PANELS = ((REWARD, "reward", "reward"), (KL, "KL to reference", "KL"),
           (RESPONSE_LENGTH, "response length", "tokens"))
+# held-out metrics drawn on the panel of the same unit: eval key -> panel key
+EVAL_ON_PANEL = {EVAL_PREFIX + "response_length": RESPONSE_LENGTH}
+# held-out metrics with a unit of their own: (key, panel title, y label); the training KL is a
+# per-token mean, the held-out KL a per-sequence sum, so they do not share a panel
+EVAL_PANELS = ((EVAL_PREFIX + "kl", "held-out KL to the start policy", "nats / sequence"),)
 
 
 def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
@@ -85,20 +92,33 @@ def smoothing_window(n: int) -> int:
     return int(min(50, max(2, n // 10)))
 
 
+def _eval_keys(records: list[dict]) -> list[str]:
+    own = {key for key, _, _ in EVAL_PANELS}
+    return sorted({k for r in records for k in r if k.startswith(EVAL_PREFIX) and k not in EVAL_ON_PANEL and k not in own})
+
+
 def _eval_panel(records: list[dict]) -> list[tuple[str, str, str]]:
-    keys = {k for r in records for k in r if k.startswith(EVAL_PREFIX)}
-    return [(EVAL_PREFIX, "held-out evaluation", "value")] if keys else []
+    own = [p for p in EVAL_PANELS if series(records, p[0])[0].size]
+    return ([(EVAL_PREFIX, "held-out evaluation", "value")] if _eval_keys(records) else []) + own
 
 
 def _draw_panel(ax, records: list[dict], key: str, name: str, ylabel: str) -> None:
     if key == EVAL_PREFIX:
         _draw_eval(ax, records)
+    elif key.startswith(EVAL_PREFIX):
+        steps, values = series(records, key)
+        ax.plot(steps, values, marker="o", ms=4)
     else:
         steps, values = series(records, key)
         ax.plot(steps, values, lw=0.8, alpha=0.45 if key == REWARD else 1.0, label=name)
         if key == REWARD:
             window = smoothing_window(values.size)
             ax.plot(steps, moving_average(values, window), lw=2, label=f"moving average ({window})")
+        for eval_key in (k for k, panel in EVAL_ON_PANEL.items() if panel == key):
+            eval_steps, eval_values = series(records, eval_key)
+            if eval_steps.size:
+                ax.plot(eval_steps, eval_values, marker="o", ms=4, ls="--", label=f"held-out {key}")
+        if ax.get_legend_handles_labels()[0] and (key == REWARD or len(ax.lines) > 1):
             ax.legend(loc="best", fontsize=8)
     ax.set_title(name, fontsize=10, loc="left")
     ax.set_ylabel(ylabel)
@@ -106,8 +126,7 @@ def _draw_panel(ax, records: list[dict], key: str, name: str, ylabel: str) -> No
 
 
 def _draw_eval(ax, records: list[dict]) -> None:
-    keys = sorted({k for r in records for k in r if k.startswith(EVAL_PREFIX)})
-    for key in keys:
+    for key in _eval_keys(records):
         steps, values = series(records, key)
         ax.plot(steps, values, marker="o", ms=4, label=key[len(EVAL_PREFIX):])
     ax.legend(loc="best", fontsize=8)
