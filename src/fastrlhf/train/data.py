@@ -93,7 +93,7 @@ def pairs_source(task, seed: int) -> PromptSource:
         return PromptSource(epoch_stream(load_preference_pairs(task.preferences), seed), None, (), [],
                             str(task.preferences))
     if task.name != "preference":
-        raise UserError(f"algorithm.name=dpo needs preference pairs: set task.preferences=PAIRS.jsonl "
+        raise UserError(f"algorithm.name=dpo trains on preference pairs: set task.preferences=PAIRS.jsonl "
                         f"(or task.name=preference for the built-in ones); task.name is {task.name!r}")
     from fastrlhf.tasks import preference
 
@@ -101,8 +101,9 @@ def pairs_source(task, seed: int) -> PromptSource:
     return PromptSource(epoch_stream(pairs, seed), None, (), preference.eval_rows(task.eval_size), "preference")
 
 
-def prompt_source(task, seed: int, algorithm: str = "grpo") -> PromptSource:
-    if algorithm == "dpo":
+def prompt_source(task, seed: int, pairs: bool = False) -> PromptSource:
+    """The run's data: preference pairs (`pairs`, offline DPO), else prompts of the task / JSONL."""
+    if pairs:
         return pairs_source(task, seed)
     if task.prompts:
         return jsonl_source(task.prompts, task.reward, seed)

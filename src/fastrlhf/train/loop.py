@@ -119,7 +119,10 @@ class Run:
         self.tokenizer_files = copy_tokenizer_files(model_dir)
         self.model = load_model(model_dir, device=device)
         r, a, t = config.rollout, config.algorithm, config.train
-        self.source = prompt_source(config.task, t.seed, a.name)
+        # what the run builds follows from the algorithm's graph (its roles and data keys), not its name
+        self.needs_pairs = "sequences" in GRAPHS[a.name]().data_keys  # trains on tokenised pairs
+        self.source = prompt_source(config.task, t.seed, pairs=self.needs_pairs)
+        graph = GRAPHS[a.name](extra_reward_inputs=self.source.field_names, use_reference=a.kl_coef > 0)
         self.params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
                                      stop_token_ids=tuple(self.tokenizer.stop_token_ids()), n=r.samples_per_prompt)
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay)
@@ -129,21 +132,18 @@ class Run:
         self.actor = ActorWorker(self.model, self.tokenizer, self.engine, self.params, self.optimizer, self.scheduler, a,
                                  t.micro_batch_size, t.mini_batches, t.grad_clip)
         workers = {"actor": self.actor}
-        offline = a.name == "dpo"
-        if not offline:
+        if "reward" in graph.roles:
             workers["reward"] = reward_worker(self.source.reward, self.source.field_names, config.task, device,
                                               t.micro_batch_size)
-        use_ref = a.kl_coef > 0 or a.name in ("dpo", "online_dpo")
         self.reference = None
-        if use_ref:
+        if "ref" in graph.roles:
             self.reference = ReferenceWorker.for_actor(load_model(model_dir, device=device), self.actor, t.micro_batch_size)
             workers["ref"] = self.reference
         self.critic = None
-        if a.name == "ppo":
+        if "critic" in graph.roles:
             self.critic = build_critic(config, self.model, self.tokenizer, self.source.reward, device)
             workers["critic"] = self.critic
         self.reward_worker = workers.get("reward")
-        graph = GRAPHS[a.name](extra_reward_inputs=self.source.field_names, use_reference=use_ref)
         self.executor = LocalExecutor(graph, workers)
         self.start_step = 0
         if resume:
@@ -188,7 +188,7 @@ class Run:
     def step(self, step: int) -> dict[str, float]:
         t = self.config.train
         rows = self.source.rows_at(step * t.prompts_per_step, t.prompts_per_step)
-        if self.config.algorithm.name == "dpo":
+        if self.needs_pairs:
             data = pair_batch(rows, self.tokenizer)
         else:
             data = prompt_batch(rows, self.source.field_names)
