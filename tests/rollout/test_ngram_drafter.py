@@ -35,3 +35,15 @@ def test_forget_and_bad_sizes():
     assert d.propose(3, [1, 2], gamma=2) == []
     with pytest.raises(ValueError):
         NGramDrafter(n_max=1, n_min=2)
+
+
+def test_earlier_responses_to_the_same_prompt_survive_a_new_call_up_to_max_groups():
+    d = NGramDrafter(n_max=2, max_groups=2)
+    d.extend(("p", 1), ("call1", 0), [5, 6, 7])  # an earlier step's response to prompt (p, 1)
+    d.reset()  # a new generate call
+    assert d.propose(("p", 1), [9, 5], gamma=2) == [6, 7]
+    d.extend(("p", 2), ("call2", 0), [1, 2])
+    d.extend(("p", 3), ("call2", 1), [3, 4])
+    d.reset()  # three prompts known, room for two: the least recently used one goes
+    assert d.propose(("p", 1), [9, 5], gamma=2) == []
+    assert d.propose(("p", 3), [3], gamma=1) == [4]

@@ -50,6 +50,22 @@ def test_vocabulary_of_11_with_siblings_gets_real_acceptance(model):
     assert spec.stats.tokens_per_pass > 1.5
 
 
+def test_responses_from_an_earlier_call_draft_for_the_same_prompt(model):
+    """One sample per prompt (no siblings), sampled: the second call drafts from the first call's
+    responses to the same prompts, so it accepts more — and still commits exactly plain's tokens."""
+    first = SamplingParams(temperature=1.0, max_new_tokens=30, n=1, seed=1)
+    second = SamplingParams(temperature=1.0, max_new_tokens=30, n=1, seed=2)
+    spec = Speculator(NGramDrafter(n_max=4), gamma=4)
+    run(model, first, spec)
+    before = dict(spec.stats.__dict__)
+    fast = run(model, second, spec)
+    assert [s.token_ids for s in fast] == [s.token_ids for s in run(model, second)]
+    cold = Speculator(NGramDrafter(n_max=4), gamma=4)
+    run(model, second, cold)
+    warm_accepted = spec.stats.accepted - before["accepted"]
+    assert warm_accepted > cold.stats.accepted
+
+
 def test_kv_rollback_after_rejection():
     """A drafter that is always wrong forces a rejection every pass: KV written for the rejected
     drafts must never be read, so the output still equals plain decoding."""

@@ -77,11 +77,13 @@ class Speculator:
     gamma: int = 4
     stats: SpecStats = field(default_factory=SpecStats)
     _indexed: dict[tuple[int, int], int] = field(default_factory=dict)  # (drafter id, seq_id) → tokens given to it
+    _call: int = 0  # generate calls so far: documents are (call, seq_id), groups the prompt's tokens
 
     def begin(self) -> None:
-        """A new generate call: sequence ids and prompt indices restart, so the drafter does too."""
+        """A new generate call: sequence ids restart, so documents get this call's number."""
         self.drafter.reset()
         self._indexed.clear()
+        self._call += 1
 
     def decode(self, engine, active: list[int]) -> None:
         self.verify_with(self.drafter, self.gamma, engine, active)
@@ -116,9 +118,9 @@ class Speculator:
         key = (id(drafter), seq.seq_id)
         known = self._indexed.get(key, 0)
         if known < len(context) and hasattr(drafter, "extend"):  # the drafter learns this text (it helps siblings too)
-            drafter.extend(seq.prompt_index, seq.seq_id, context[known:])
+            drafter.extend(tuple(seq.prompt_ids), (self._call, seq.seq_id), context[known:])
             self._indexed[key] = len(context)
-        return drafter.propose(seq.prompt_index, context, gamma) if gamma > 0 else []
+        return drafter.propose(tuple(seq.prompt_ids), context, gamma) if gamma > 0 else []
 
     def _verify(self, engine, slots, fed, contiguous: bool) -> torch.Tensor:
         model = engine.model
