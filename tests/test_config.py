@@ -176,3 +176,13 @@ def test_off_is_a_choice_not_a_boolean(tmp_path):
     assert load_config(write(tmp_path, "rollout:\n  speculative: off\n")).rollout.speculative == "off"
     with pytest.raises(UserError, match="'train.device' must be one of"):
         load_config(None, ["train.device=off"])
+
+
+def test_train_help_lists_every_key(capsys):
+    from fastrlhf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"  {key} = " in out for key in all_keys())

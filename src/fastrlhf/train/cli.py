@@ -19,7 +19,8 @@ from fastrlhf.errors import UserError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="run RL training (no arguments: the built-in default job)")
+    p = subparsers.add_parser("train", help="run RL training (no arguments: the built-in default job)",
+                              epilog=config_keys_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
                    help="an optional YAML config followed by dotted overrides, e.g. train.steps=40")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
@@ -35,6 +36,16 @@ def register(subparsers) -> None:
     e.add_argument("--digits", type=int, nargs="+", default=None, help="arithmetic: operand digit counts")
     e.add_argument("--eval-size", type=int, default=200, help="number of held-out prompts")
     e.set_defaults(func=run_eval)
+
+
+def config_keys_text() -> str:
+    """Every config key with its default and help, for `fastrlhf train --help`."""
+    from fastrlhf.config import describe
+
+    lines = ["config keys (set as key=value or in CONFIG.yaml; defaults shown):"]
+    for key, default, help_text in describe():
+        lines.append(f"  {key} = {default!r}\n      {help_text}")
+    return "\n".join(lines)
 
 
 def split_args(args: list[str]) -> tuple[str | None, list[str]]:
