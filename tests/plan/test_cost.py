@@ -87,3 +87,33 @@ def test_realloc_reload_transfer(tiny, toy_acc):
     from fastrlhf.plan.layout import Mesh
     assert cost.transfer_time(4000, Mesh(0, 2), Mesh(0, 2), toy_acc, True) == 0.0
     assert cost.transfer_time(4000, Mesh(0, 2), Mesh(2, 1), toy_acc, True) == pytest.approx(1e-6 + 4e-6)
+
+
+def test_head_gemm_rate_and_sampler_terms(tiny, toy_acc):
+    import dataclasses
+
+    # hand count: F(3) = 2 * (2 layers * 576 + head 80) + 4 * 2 * 8 * 3 = 2656, head 2 * 80 = 160
+    acc = dataclasses.replace(toy_acc, gemm_half_rows=10.0, head_half_rows=30.0)
+    body_rate, head_rate = 0.5e12 * 10 / 20, 0.5e12 * 10 / 40
+    assert cost.matmul_time(tiny, acc, 10, 10, 3) == pytest.approx(10 * (2496 / body_rate + 160 / head_rate))
+    # the GPU default (head t_half = body t_half) is one curve for all FLOPs
+    assert cost.matmul_time(tiny, toy_acc, 10, 10, 3) == pytest.approx(10 * 2656 / cost.gemm_rate(toy_acc, 10))
+    # the sampler touches batch x vocab logits per decode step
+    base = cost.decode_step_time(tiny, toy_acc, Layout(1, 1, 1), 64, 3, True)
+    sampled = dataclasses.replace(toy_acc, logit_time=1e-9)
+    assert cost.decode_step_time(tiny, sampled, Layout(1, 1, 1), 64, 3, True) == pytest.approx(base + 64 * 10 * 1e-9)
+
+
+def test_half_rows_by_hidden_interpolates_in_log_hidden(toy_acc):
+    import dataclasses
+
+    from fastrlhf.plan.hardware import cluster_from_dict, make_cluster
+
+    acc = dataclasses.replace(toy_acc, half_rows_by_hidden=((512, 30.0, 60.0), (128, 10.0, 20.0)))
+    assert acc.half_rows(256) == pytest.approx(20.0)  # log-midpoint of 128 and 512
+    assert acc.half_rows(256, head=True) == pytest.approx(40.0)
+    assert acc.half_rows(64) == 10.0 and acc.half_rows(4096, head=True) == 60.0  # clamped
+    assert acc.half_rows(None) == acc.gemm_half_rows
+    assert cost.gemm_rate(acc, 20, hidden=256) == pytest.approx(0.5e12 * 20 / 40)
+    back = cluster_from_dict(make_cluster(acc, 1, 1).to_dict()).accelerator  # plan JSON round trip
+    assert back.half_rows(256) == pytest.approx(20.0)

@@ -125,5 +125,54 @@ def test_planner_respects_its_time_limit_at_128_gpus():
     report = run_planner("ppo", build_models("ppo", spec, spec), parse_cluster("16x8xH100"),
                          Workload(512, 256, 256), seed=0, time_limit=4.0)
     assert time.perf_counter() - t0 < 4.0 + 2.0  # one polish sweep / final simulation of slack
+    assert report.stop_reason in ("time limit", "converged") and report.stop_detail
     assert report.simulation.iteration_time <= min(report.baselines.values())
     assert max(report.evaluation.gpu_peak) <= report.plan.cluster.accelerator.memory_budget
+
+
+def test_small_case_stops_early_with_the_exhaustive_optimum():
+    from fastrlhf.plan.planner import run_planner
+
+    ev = _evaluator("cpu", 1, 4, 3, "tiny", 8)
+    best = exhaustive(Objective(ev), candidates(ev))
+    report = run_planner("grpo", ev.models, ev.cluster, ev.workload, seed=0, time_limit=30.0,
+                         calls=ev.calls)
+    assert report.stop_reason == "exhaustive"
+    assert report.search_seconds < 0.2 * 30.0  # well before the limit (a few seconds at most)
+    assert report.simulation.iteration_time == pytest.approx(best.iteration_time, rel=1e-9)
+    assert report.plan.extra["search_stop"]["reason"] == "exhaustive"
+    assert report.plan.extra["search_seconds"] == report.search_seconds
+
+
+def test_search_enumerates_only_what_fits_its_budget():
+    from fastrlhf.plan.search import n_plans, search
+
+    ev = _evaluator("cpu", 1, 4, 3, "tiny", 8)
+    cands = candidates(ev)
+    obj = Objective(ev)
+    inits = [p for p in baselines.all_baselines(obj).values() if p is not None]
+    # 1 s per plan: enumerating would take far longer than the budget -> annealing
+    slow = search(obj, cands, inits, seconds_per_eval=1.0, seed=0, time_limit=60)
+    assert slow.stop_reason in ("converged", "time limit") and obj.evaluations < n_plans(cands)
+    fast = search(Objective(ev), cands, inits, seconds_per_eval=1e-6, seed=0, time_limit=60)
+    assert fast.stop_reason == "exhaustive" and fast.evaluations == n_plans(cands)
+    assert fast.iteration_time <= slow.iteration_time
+
+
+def test_exhaustive_is_cut_at_its_deadline():
+    ev = _evaluator("cpu", 1, 4, 3, "tiny", 8)
+    cut = exhaustive(Objective(ev), candidates(ev), deadline=0.0)
+    assert cut.stop_reason == "time limit" and cut.placements is None
+
+
+@pytest.mark.parametrize("case", [CASES[4], CASES[10]], ids=lambda c: "-".join(map(str, c)))
+def test_annealing_stops_on_convergence(case):
+    ev = _evaluator(*case)
+    best = exhaustive(Objective(ev), candidates(ev))
+    obj = Objective(ev)
+    inits = [p for p in baselines.all_baselines(obj).values() if p is not None]
+    found = anneal(obj, candidates(ev), inits, seed=1, max_steps=10**9, time_limit=60,
+                   cycle_steps=500)
+    assert found.stop_reason == "converged", found.detail
+    assert found.seconds < 30  # not the time limit
+    assert found.iteration_time == pytest.approx(best.iteration_time, rel=1e-9)

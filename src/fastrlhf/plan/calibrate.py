@@ -1,26 +1,48 @@
 """Micro-benchmark of this machine -> a measured `cpu` accelerator profile for the cost model.
 
-Three numbers, each the median of several timed repeats after a warm-up, at a fixed thread count
-(`torch.set_num_threads(threads)` for the duration, restored afterwards):
+Each number is the *minimum* of several timed repeats after a warm-up (`best_time`), at a fixed
+thread count (`torch.set_num_threads(threads)` for the duration, restored afterwards). Minimum,
+not median: on this shared VM another process or the hypervisor only ever *adds* time, in phases
+lasting seconds (the same 40-token generate measured 128-213 ms in one minute), so the minimum is
+the estimate of the undisturbed machine; `validate.py` measures the decoder the same way.
 
 - flops: fp32 GEMM rate of `x @ W^T`, x [ROWS = 512, K], over a set of weight matrices W [N, K]
   with the (K, N) shapes of the q/k/v, o, gate/up and down projections and the LM head
-  (vocab 8192) of hidden-256 and hidden-512 decoders (SHAPES), cycled until WEIGHT_BYTES = 64 MB of weights were used (more
-  than the last-level cache, as in a real model): total 2*ROWS*K*N FLOPs / median time.
+  (vocab 8192) of hidden-128, 256 and 512 decoders (SHAPES; at 8 rows a GEMM with K = 128 runs
+  at about half the rate of one with K = 512, so the set spans the small shapes too), cycled until WEIGHT_BYTES = 64 MB of weights were used (more
+  than the last-level cache, as in a real model): total 2*ROWS*K*N FLOPs / time.
 - gemm_half_rows: t_half of the cost model's saturating GEMM curve R(t) = flops * t / (t + t_half)
   (cost.gemm_rate), solved from the rate R_s of the same weights with SMALL_ROWS = 8 rows (a
   decode step's batch): t_half = t * (flops / R_s - 1). With few rows a CPU GEMM is limited by
   how fast one core streams the weights out of DRAM (slower than a plain copy), which this
-  captures; the GPU default of 64 rows was an assumption, not a measurement.
+  captures; the GPU default of 64 rows was an assumption, not a measurement. Solved twice: from
+  the projection shapes (gemm_half_rows) and from the LM-head shapes, N = 8192 (head_half_rows):
+  at 8 rows and weights out of DRAM the head ran at 8-11 GFLOP/s and the projections at ~20.
+  And once more per hidden size in HIDDENS, from that decoder's five shapes alone
+  (half_rows_by_hidden): at 8 rows K = 256 projections ran at ~17 GFLOP/s and K = 512 ones at
+  ~25, so one averaged t_half over- or under-predicts a whole model by 20-40%.
 - mem_bw: bandwidth of a large copy (COPY_BYTES = 256 MB, beyond any last-level cache), counting
   bytes read + bytes written.
 
 - step_latency, layer_latency: fixed costs of one decode step of our rollout engine (embedding,
-  masks, head, sampler) and of one decoder layer in it, from a negligible-size decoder (hidden 64,
-  vocab 64, batch 1, so FLOPs and bytes are nothing): the per-token time of `generate` with 1 and
-  with LATENCY_LAYERS layers gives layer_latency = (t_n - t_1) / (n - 1), step_latency =
-  t_1 - layer_latency. They stand for Python dispatch and kernel-call overheads, which the GPU
+  masks, head, sampler) and of one decoder layer in it, from negligible-size decoders (hidden 64,
+  vocab 64, batch 1, so FLOPs and bytes are nothing): the per-token time t(n) of `generate` with
+  n in LATENCY_LAYERS layers, fitted by least squares to t(n) = step_latency + n * layer_latency
+  (four points instead of the difference of two: each point is itself a difference of two
+  timings, and the fit halves the noise of the slope). They stand for Python dispatch and kernel-call overheads, which the GPU
   profiles leave out and which dominate tiny models on a CPU.
+- kv_read_bw: bytes/s at which a decode step's attention reads a layer's K and V cache:
+  `short_query_attention` (our engine's decode attention) on the transposed [B, K, S, h] cache
+  views the engine passes it, B = SMALL_ROWS, K = 4, h = 64, S = KV_SPAN vs S = 1 (the fixed
+  cost is in layer_latency): 2 * B * (S - 1) * K * h * 4 bytes / time difference. The views are
+  strided, so the matmuls first gather them (copies); a plain copy's bandwidth overstates it.
+- logit_time: seconds per logit of the rollout sampler beyond its fixed cost (greedy: log-softmax
+  over the vocabulary, argmax, gather; `rollout.sampler.sample`), from [SMALL_ROWS, LOGIT_VOCAB]
+  and [1, 64] logits: (t_big - t_small) / (SMALL_ROWS * LOGIT_VOCAB - 64). The fixed part is in
+  step_latency already (its decoders have vocab 64). A decode step's sampler touches every logit
+  of every sequence (b * V elements) several times; at b = 8, V = 8192 it is ~0.2 ms, as much as
+  the whole head GEMM of a hidden-32 model, and it grows with the batch, which the batch-1
+  latencies above cannot see.
 
 Left out: cache effects for weights that fit in L2/L3, bf16 (our CPU runs are fp32), threads
 other than the one count measured. torch (and, for the latencies, our decoder and engine) is
@@ -30,7 +52,6 @@ imported inside the functions, so `plan/` stays importable without it.
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from contextlib import contextmanager
 from typing import Callable
@@ -39,15 +60,19 @@ from fastrlhf.plan.hardware import GiB, Accelerator, accelerator_from_measuremen
 
 ROWS = 512
 SMALL_ROWS = 8
-SHAPES = ((256, 768), (256, 256), (256, 1376), (688, 256), (256, 8192),
+SHAPES = ((128, 384), (128, 128), (128, 704), (352, 128), (128, 8192),
+          (256, 768), (256, 256), (256, 1376), (688, 256), (256, 8192),
           (512, 1536), (512, 512), (512, 2752), (1376, 512), (512, 8192))
 WEIGHT_BYTES = 64 * 2**20
 COPY_BYTES = 256 * 2**20
-LATENCY_LAYERS = 4
+LATENCY_LAYERS = (1, 2, 4, 8)
+LOGIT_VOCAB = 8192
+KV_SPAN = 128
+HIDDENS = (128, 256, 512)  # SHAPES holds five shapes per hidden size, in this order
 
 
-def median_time(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
-    """Median wall time of `fn()` in seconds over `repeats` runs after `warmup` untimed runs."""
+def run_times(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> list[float]:
+    """Wall times of `fn()` in seconds over `repeats` runs after `warmup` untimed runs."""
     for _ in range(warmup):
         fn()
     times = []
@@ -55,7 +80,12 @@ def median_time(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> 
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def best_time(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
+    """Minimum wall time of `fn()` (interference only adds time; see the module docstring)."""
+    return min(run_times(fn, repeats, warmup))
 
 
 @contextmanager
@@ -70,6 +100,12 @@ def num_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def _shapes(hidden: int, head: bool) -> list[tuple[int, int]]:
+    """The SHAPES of the decoder of `hidden`: its LM head, or its projections."""
+    rows = SHAPES[HIDDENS.index(hidden) * 5:(HIDDENS.index(hidden) + 1) * 5]
+    return [s for s in rows if (s[1] == 8192) == head]
 
 
 def weight_set(shapes=SHAPES, total_bytes: int = WEIGHT_BYTES):
@@ -92,17 +128,17 @@ def matmul_rate(rows: int, weights, repeats: int = 5) -> float:
 
     inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
     flops = sum(2.0 * rows * w.shape[0] * w.shape[1] for w in weights)
-    seconds = median_time(lambda: [F.linear(inputs[w.shape[1]], w) for w in weights], repeats)
+    seconds = best_time(lambda: [F.linear(inputs[w.shape[1]], w) for w in weights], repeats)
     return flops / seconds
 
 
 def copy_bandwidth(nbytes: int = COPY_BYTES, repeats: int = 5) -> float:
-    """Bytes/s of `dst.copy_(src)` on fp32 tensors of `nbytes`: (read + write) / median time."""
+    """Bytes/s of `dst.copy_(src)` on fp32 tensors of `nbytes`: (read + write) / best time."""
     import torch
 
     src = torch.ones(nbytes // 4)
     dst = torch.zeros_like(src)
-    return 2.0 * nbytes / median_time(lambda: dst.copy_(src), repeats)
+    return 2.0 * nbytes / best_time(lambda: dst.copy_(src), repeats)
 
 
 def half_rows(flops: float, rate_small: float, rows: int = SMALL_ROWS) -> float:
@@ -113,23 +149,62 @@ def half_rows(flops: float, rate_small: float, rows: int = SMALL_ROWS) -> float:
 def decode_token_time(model, batch: int = 1, prompt: int = 8, short: int = 4, long: int = 36,
                       repeats: int = 5) -> float:
     """Seconds per generated token of `RolloutEngine.generate` (greedy, `batch` sequences): the
-    median time of `long` new tokens minus that of `short`, over `long - short` (prefill and set-up
-    cancel)."""
+    minimum time of `long` new tokens minus that of `short`, over `long - short` (prefill and
+    set-up cancel). Short and long runs alternate, so a slow phase of the machine hits both."""
     from fastrlhf.rollout.engine import RolloutEngine
     from fastrlhf.rollout.sampler import SamplingParams
 
     engine = RolloutEngine(model, num_slots=batch)
     vocab = model.config.vocab_size
     prompts = [[(7 * i + j) % vocab for j in range(prompt)] for i in range(batch)]
+    runs = {n: SamplingParams(temperature=0, max_new_tokens=n) for n in (short, long)}
+    times = {n: [] for n in runs}
+    for _ in range(repeats + 1):
+        for n, params in runs.items():
+            start = time.perf_counter()
+            engine.generate(prompts, params)
+            times[n].append(time.perf_counter() - start)
+    best = {n: min(t[1:]) for n, t in times.items()}  # the first round is a warm-up
+    return (best[long] - best[short]) / (long - short)
 
-    def run(n: int) -> float:
-        return median_time(lambda: engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=n)),
-                           repeats, warmup=1)
 
-    return (run(long) - run(short)) / (long - short)
+def kv_read_bandwidth(batch: int = SMALL_ROWS, span: int = KV_SPAN, kv_heads: int = 4,
+                      head_dim: int = 64, repeats: int = 30) -> float:
+    """Bytes/s of K and V read by the engine's decode attention (`short_query_attention` on the
+    transposed cache views the rollout engine passes it), beyond its fixed cost (span 1)."""
+    import torch
+
+    from fastrlhf.model.decoder import short_query_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, kv_heads, 1, head_dim, generator=gen)
+
+    def seconds(s: int) -> float:
+        k = torch.randn(batch, s, kv_heads, head_dim, generator=gen).transpose(1, 2)  # [B, K, S, h]
+        v = torch.randn(batch, s, kv_heads, head_dim, generator=gen).transpose(1, 2)
+        mask = torch.ones(batch, 1, 1, s, dtype=torch.bool)
+        return best_time(lambda: short_query_attention(q, k, v, mask), repeats, warmup=3)
+
+    nbytes = 2 * batch * (span - 1) * kv_heads * head_dim * 4
+    return nbytes / max(seconds(span) - seconds(1), 1e-9)
 
 
-def dispatch_latencies(layers: int = LATENCY_LAYERS) -> tuple[float, float]:
+def logit_time(vocab: int = LOGIT_VOCAB, rows: int = SMALL_ROWS, repeats: int = 50) -> float:
+    """Seconds per logit element of the greedy rollout sampler beyond its fixed cost."""
+    import torch
+
+    from fastrlhf.rollout.sampler import SamplingParams, sample
+
+    params = SamplingParams(temperature=0)
+    gen = torch.Generator().manual_seed(0)
+    big, small = torch.randn(rows, vocab, generator=gen), torch.randn(1, 64, generator=gen)
+    u_big, u_small = torch.rand(rows, generator=gen), torch.rand(1, generator=gen)
+    t_big = best_time(lambda: sample(big, params, u_big), repeats, warmup=5)
+    t_small = best_time(lambda: sample(small, params, u_small), repeats, warmup=5)
+    return max(0.0, (t_big - t_small) / (rows * vocab - 64))
+
+
+def dispatch_latencies(layers=LATENCY_LAYERS) -> tuple[float, float]:
     """(step_latency, layer_latency) from decode steps of negligible-size decoders."""
     import torch
 
@@ -137,13 +212,16 @@ def dispatch_latencies(layers: int = LATENCY_LAYERS) -> tuple[float, float]:
     from fastrlhf.model.decoder import CausalLM
 
     times = []
-    for n in (1, layers):
+    for n in layers:
         torch.manual_seed(0)
         cfg = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_layers=n,
                           num_heads=1, num_kv_heads=1, head_dim=64)
-        times.append(decode_token_time(CausalLM(cfg), long=100))
-    layer = max(0.0, (times[1] - times[0]) / (layers - 1))
-    return max(0.0, times[0] - layer), layer
+        times.append(decode_token_time(CausalLM(cfg), long=68))
+    mean_n, mean_t = sum(layers) / len(layers), sum(times) / len(times)
+    slope = sum((n - mean_n) * (t - mean_t) for n, t in zip(layers, times)) / \
+        sum((n - mean_n) ** 2 for n in layers)
+    layer = max(0.0, slope)
+    return max(0.0, mean_t - layer * mean_n), layer
 
 
 def physical_memory() -> float:
@@ -158,9 +236,20 @@ def calibrate_cpu(threads: int | None = 1) -> Accelerator:
     with num_threads(threads):
         weights = weight_set()
         flops = matmul_rate(ROWS, weights, repeats=3)
-        small = matmul_rate(SMALL_ROWS, weights, repeats=9)
+        small = matmul_rate(SMALL_ROWS, weight_set([s for s in SHAPES if s[1] != 8192]), repeats=9)
+        small_head = matmul_rate(SMALL_ROWS, weight_set([s for s in SHAPES if s[1] == 8192]),
+                                 repeats=9)
+        by_hidden = tuple(
+            (h, half_rows(flops, matmul_rate(SMALL_ROWS, weight_set(_shapes(h, False)), repeats=5)),
+             half_rows(flops, matmul_rate(SMALL_ROWS, weight_set(_shapes(h, True)), repeats=5)))
+            for h in HIDDENS)
         bandwidth = copy_bandwidth()
         step_latency, layer_latency = dispatch_latencies()
+        per_logit = logit_time()
+        kv_bw = kv_read_bandwidth()
     return accelerator_from_measurements("cpu", flops, bandwidth, physical_memory(),
                                          gemm_half_rows=half_rows(flops, small),
-                                         step_latency=step_latency, layer_latency=layer_latency)
+                                         head_half_rows=half_rows(flops, small_head),
+                                         step_latency=step_latency, layer_latency=layer_latency,
+                                         logit_time=per_logit, kv_read_bw=kv_bw,
+                                         half_rows_by_hidden=by_hidden)

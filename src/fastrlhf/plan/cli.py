@@ -61,6 +61,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"iteration time  searched {report.simulation.iteration_time:8.3f} s "
           f"(search {report.search_seconds:.1f} s, best found after {report.seconds_to_best:.1f} s,"
           f" {report.evaluations} plans simulated)")
+    print(f"search stopped: {report.stop_reason} ({report.stop_detail})")
     for name, value in report.baselines.items():
         speedup = value / report.simulation.iteration_time
         shown = f"{value:8.3f} s  speed-up {speedup:.2f}x" if value < float("inf") else "infeasible"

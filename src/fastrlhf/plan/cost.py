@@ -6,8 +6,15 @@ FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
 
 - GEMM rate for a micro-batch of t tokens (rows): R(t) = peak * flops_eff * t / (t + t_half),
   t_half = Accelerator.gemm_half_rows (T_HALF = 64 for GPUs, an assumption; measured for the
-  cpu profile by calibrate.py, about 5 rows there). A saturating curve standing in for a profiled
-  table: small GEMMs do not fill the device.
+  cpu profile by calibrate.py, 18-27 rows there). A saturating curve standing in for a profiled
+  table: small GEMMs do not fill the device. The LM-head GEMM (N = vocab, much wider than K) has
+  its own t_half (Accelerator.head_half_rows; the GPU profiles use the same 64): on the cpu its
+  weights stream about half as fast at 8 rows as the projections' (measured 8-11 GFLOP/s against
+  ~20), and it is 18-72% of a small decoder's FLOPs, so one averaged curve cannot fit models whose
+  head share differs. `matmul_time` splits a pass's FLOPs into the body at R(t) and the head at
+  R_head(t). The cpu profile also measures both t_half per hidden size (128, 256, 512: at 8 rows
+  GEMMs with K = 128 or 256 run slower than with K = 512) and interpolates in log(hidden)
+  (Accelerator.half_rows); GPU profiles use the two constants.
 - Ring all-reduce of n bytes over g GPUs (Patarasuk & Yuan 2009): alpha + 2 (g-1)/g * n / B.
 - A pipelined pass (GPipe / 1F1B schedule, Narayanan et al. 2021 eq. 1): with m micro-batches over
   pp stages the pass takes (m + pp - 1) * t_stage, t_stage = one micro-batch on one stage:
@@ -24,13 +31,18 @@ FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
   /bias-correction 8, +eps 8, p.addcdiv_(m, .) 16.
 - Generation of b sequences in waves of `decode_batch`: each wave = prefill (a forward pass over
   decode_batch * Lp tokens, pp micro-batches) + Lg decode steps at the mean context Lp + Lg/2.
-  A decode step is memory-bound or compute-bound, whichever is slower, plus communication:
-    memory   (2 P / tp  +  decode_batch * ctx * kv_bytes_per_token / (min(tp, kv_heads) * pp)) / W
-             (P without an untied embedding table: a lookup reads one row per sequence;
-             with pp micro-batches each stage re-reads its weights once per micro-batch, so
-             pipelining saves memory but not weight reads -- ReaLHF's reason to decode without pp)
-    compute  decode_batch * F(ctx) / (tp * pp * R(decode_batch / pp))
-    comm     2 L all-reduces of decode_batch/pp * h * 2 bytes + pp point-to-point hops.
+  A decode step's GEMMs are memory-bound or compute-bound, whichever is slower; the attention
+  that follows them in every layer reads the KV cache in kernels of its own (no overlap with the
+  GEMMs: the next GEMM needs its output), then communication:
+    GEMMs      max(2 P / tp / W,  decode_batch * F(ctx) / (tp * pp * R(decode_batch / pp)))
+               (P without an untied embedding table: a lookup reads one row per sequence;
+               with pp micro-batches each stage re-reads its weights once per micro-batch, so
+               pipelining saves memory but not weight reads -- ReaLHF's reason to decode without pp)
+    attention  decode_batch * ctx * kv_bytes_per_token / (min(tp, kv_heads) * pp) / W_kv
+               (W_kv = Accelerator.kv_read_bw, default W; measured on the cpu)
+    comm       2 L all-reduces of decode_batch/pp * h * 2 bytes + pp point-to-point hops.
+  (Before 2026-11-23 20:00 the KV bytes sat inside the max with the weights; the two forms agree
+  whenever the GEMMs are memory-bound, as GPU decode mostly is.)
 - Reallocation (ReaLHF sec. 4.2): every destination GPU receives its 2 P_stage / tp bytes of
   weights; transfers to different GPUs run in parallel, so time = alpha + bytes / link bandwidth
   (NVLink when source and destination meshes share one node, else InfiniBand). Zero when the
@@ -40,10 +52,14 @@ FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
 - Dispatch overheads (Accelerator.step_latency, layer_latency; 0 for the GPU profiles, measured
   for the cpu profile by calibrate.py): a decode step adds step_latency + L * layer_latency; a
   pipeline stage adds j * ceil(L/pp) * layer_latency (j = 1 forward, 2 forward+backward).
+- Sampling (Accelerator.logit_time; 0 for the GPU profiles, measured for the cpu profile): the
+  sampler of a decode step reads every logit of every sequence of the DP rank (log-softmax over
+  the vocabulary, argmax / inverse CDF, gather), decode_batch * V * logit_time after the head
+  GEMM (the last stage, after TP ranks gathered the logits); its fixed cost is in step_latency.
 - A decode step streams the weights it multiplies with: all parameters except an untied
   embedding table, of which it reads only one row per sequence.
-Left out: response-length variance (every sequence generates exactly Lg tokens), sampling and
-logit cost beyond the head GEMM, kernel-launch overheads, compute/communication overlap.
+Left out: response-length variance (every sequence generates exactly Lg tokens), sampling cost on
+GPUs, kernel-launch overheads, compute/communication overlap.
 """
 
 from __future__ import annotations
@@ -60,8 +76,18 @@ OPTIMIZER_BYTES_PER_PARAM = 30
 UNFUSED_ADAMW_BYTES = 92
 
 
-def gemm_rate(acc: Accelerator, tokens: float) -> float:
-    return acc.flops * tokens / (tokens + acc.gemm_half_rows)
+def gemm_rate(acc: Accelerator, tokens: float, head: bool = False,
+              hidden: int | None = None) -> float:
+    return acc.flops * tokens / (tokens + acc.half_rows(hidden, head))
+
+
+def matmul_time(model: ModelSpec, acc: Accelerator, tokens: float, rows: float, ctx: float) -> float:
+    """Forward FLOPs of `tokens` tokens at context ctx in GEMMs of `rows` rows: the body (layers,
+    attention) at R(rows), the output head at R_head(rows). Divide by tp * pp for a shard."""
+    head = 2.0 * model.head_matmul_params
+    body = model.flops_fwd_per_token(ctx) - head
+    h = model.hidden
+    return tokens * (body / gemm_rate(acc, rows, hidden=h) + head / gemm_rate(acc, rows, True, h))
 
 
 def allreduce_time(nbytes: float, group: int, bandwidth: float, latency: float) -> float:
@@ -78,8 +104,7 @@ def stage_time(model: ModelSpec, acc: Accelerator, layout: Layout, tokens_mb: fl
                backward: bool, pp_intra: bool) -> float:
     """One micro-batch through one pipeline stage (forward, or forward+backward)."""
     k, j = (3, 2) if backward else (1, 1)
-    flops = k * tokens_mb * model.flops_fwd_per_token(ctx)
-    compute = flops / (layout.tp * layout.pp * gemm_rate(acc, tokens_mb))
+    compute = k * matmul_time(model, acc, tokens_mb, tokens_mb, ctx) / (layout.tp * layout.pp)
     act = tokens_mb * model.hidden * model.dtype_bytes
     n_reduce = j * 2 * math.ceil(model.n_layers / layout.pp)
     tp_comm = n_reduce * allreduce_time(act, layout.tp, acc.link_bw(True), acc.latency(True))
@@ -131,17 +156,17 @@ def decode_step_time(model: ModelSpec, acc: Accelerator, layout: Layout, batch: 
                      pp_intra: bool) -> float:
     kv_split = min(layout.tp, model.n_kv_heads) * layout.pp
     streamed = model.n_params - (0 if model.tie_embeddings else model.embed_params)
-    nbytes = streamed * model.dtype_bytes / layout.tp
-    nbytes += batch * ctx * model.kv_bytes_per_token / kv_split
-    memory = nbytes / acc.mem_bw
+    memory = streamed * model.dtype_bytes / layout.tp / acc.mem_bw
+    attention = batch * ctx * model.kv_bytes_per_token / kv_split / (acc.kv_read_bw or acc.mem_bw)
     mb = batch / layout.pp
-    compute = batch * model.flops_fwd_per_token(ctx) / (layout.tp * layout.pp * gemm_rate(acc, mb))
+    compute = matmul_time(model, acc, batch, mb, ctx) / (layout.tp * layout.pp)
     act = mb * model.hidden * model.dtype_bytes
     comm = 2 * model.n_layers * allreduce_time(act, layout.tp, acc.link_bw(True), acc.latency(True))
     if layout.pp > 1:
         comm += layout.pp * p2p_time(act, acc.link_bw(pp_intra), acc.latency(pp_intra))
     overhead = acc.step_latency + model.n_layers * acc.layer_latency
-    return max(memory, compute) + comm + overhead
+    sampling = batch * model.vocab * acc.logit_time
+    return max(memory, compute) + attention + comm + overhead + sampling
 
 
 def generate_time(model, acc, layout, batch, prompt_len, gen_len, decode_batch, pp_intra) -> float:

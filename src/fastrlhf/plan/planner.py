@@ -1,7 +1,9 @@
 """Glue: models per role, the search with its baselines, and plan <-> simulation.
 
-`run_planner` spends its time limit on the baselines first, then on the annealing search started
-from the best of them; the reported search time is the wall time of both.
+`run_planner` spends its time limit on the baselines first, then on the search (`search.search`:
+exhaustive enumeration when the candidate product fits the rest of the budget at the speed the
+baselines were evaluated, else annealing started from the best baseline until it converges); the
+reported search time is the wall time of both, with the reason the search stopped.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from fastrlhf.plan.graphs import get_graph, topological
 from fastrlhf.plan.hardware import Cluster
 from fastrlhf.plan.model_spec import ModelSpec
 from fastrlhf.plan.plan import CallPlan, ExecutionPlan, Workload
-from fastrlhf.plan.search import INF, Objective, anneal, candidates
+from fastrlhf.plan.search import INF, Objective, candidates, search
 from fastrlhf.plan.simulator import Simulation, simulate
 
 
@@ -40,6 +42,8 @@ class PlanReport:
     search_seconds: float
     evaluations: int
     seconds_to_best: float  # wall time from the start (baselines included) to the final plan
+    stop_reason: str = ""  # "exhaustive", "converged", "time limit", "max steps"
+    stop_detail: str = ""
 
 
 def run_planner(algo: str, models: dict, cluster: Cluster, workload: Workload, seed: int = 0,
@@ -56,13 +60,16 @@ def run_planner(algo: str, models: dict, cluster: Cluster, workload: Workload, s
             raise UserError(f"{call.name} ({models[call.role].name}) does not fit in memory on "
                             f"{cluster.describe()} with batch {workload.batch}")
     obj = Objective(ev)
+    t_base = time.perf_counter()
     found = baselines.all_baselines(obj)
+    seconds_per_eval = (time.perf_counter() - t_base) / max(1, obj.evaluations)
     inits = [p for p in found.values() if p is not None and obj(p) < INF]
     if not inits:
         raise UserError(f"no plan fits in memory on {cluster.describe()}: models too large for "
                         f"the cluster (try more GPUs or a smaller batch)")
     left = max(1.0, time_limit - (time.perf_counter() - t0))
-    result = anneal(obj, cands, inits, seed=seed, max_steps=max_steps, time_limit=left)
+    result = search(obj, cands, inits, seconds_per_eval, seed=seed, max_steps=max_steps,
+                    time_limit=left)
     seconds = time.perf_counter() - t0
     to_best = seconds - result.seconds + result.seconds_to_best
     evaluation = ev.evaluate(result.placements)
@@ -71,7 +78,9 @@ def run_planner(algo: str, models: dict, cluster: Cluster, workload: Workload, s
     times = {name: obj(p) if p is not None else INF for name, p in found.items()}
     plan.extra["baselines"] = {k: (v if v < INF else None) for k, v in times.items()}
     plan.extra["search_seconds"] = seconds
-    return PlanReport(plan, evaluation, sim, times, seconds, obj.evaluations, to_best)
+    plan.extra["search_stop"] = {"reason": result.stop_reason, "detail": result.detail}
+    return PlanReport(plan, evaluation, sim, times, seconds, obj.evaluations, to_best,
+                      result.stop_reason, result.detail)
 
 
 def to_plan(algo: str, ev: Evaluator, placements, evaluation: Evaluation,

@@ -10,13 +10,14 @@ For each `Case` (a decoder shape and a workload) this measures, at a fixed threa
   `total_allocated` the CPU allocator reports to `torch.profiler` (profile_memory=True) during the
   step, plus the bytes of tensors alive before it (weights, AdamW state). This counts tensor
   storage only (no allocator caching or library workspaces outside torch's allocator).
-Times are medians of `repeats` runs after a warm-up. Predictions come from `cost.inference_time`,
+Times are minima of `repeats` runs after a warm-up (as in the calibration: interference only adds
+time on this shared VM, see calibrate.py). Predictions come from `cost.inference_time`,
 `cost.train_time` (zero_stage 0, one device, unfused AdamW's 92 bytes/parameter) and `cost.decode_step_time`, and from
 `memory.train_state_bytes + memory.train_act_bytes` (with the 3 logit-sized copies of plain
 `F.cross_entropy`, see memory.py), for the `ModelSpec` read from the model's HF
 config dict with fp32 (4-byte) elements, on the profile from `calibrate.calibrate_cpu`.
 
-Left out: the loss / softmax cost and the sampler (not in the cost model), multi-threaded runs.
+Left out: the training loss / softmax cost (not in the cost model), multi-threaded runs.
 torch is imported inside functions so `plan/` stays importable without it.
 """
 
@@ -26,7 +27,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from fastrlhf.plan import cost, memory
-from fastrlhf.plan.calibrate import decode_token_time, median_time, num_threads
+from fastrlhf.plan.calibrate import best_time, decode_token_time, num_threads
 from fastrlhf.plan.hardware import Accelerator
 from fastrlhf.plan.layout import Layout
 from fastrlhf.plan.model_spec import ModelSpec, from_hf_config
@@ -123,9 +124,9 @@ def measure(model, case: Case, repeats: int = 5) -> dict[str, float]:
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, case.vocab, (case.batch, case.seq + 1), generator=gen)
     with torch.no_grad():
-        fwd = median_time(lambda: model(ids[:, :-1]), repeats)
+        fwd = best_time(lambda: model(ids[:, :-1]), repeats)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    train = median_time(lambda: _train_step(model, optimizer, ids), repeats)
+    train = best_time(lambda: _train_step(model, optimizer, ids), repeats)
     peak = peak_train_bytes(model, optimizer, ids)
     decode = decode_token_time(model, case.decode_batch, case.prompt, case.gen_short, case.gen_long,
                                repeats)
@@ -161,8 +162,9 @@ def main() -> None:
 
     acc = calibrate_cpu(threads=1)
     print(f"cpu profile (1 thread): {acc.flops / 1e9:.1f} GFLOP/s fp32 GEMM, "
-          f"{acc.mem_bw / 1e9:.1f} GB/s copy, GEMM half-rate at {acc.gemm_half_rows:.1f} rows, "
-          f"decode step {acc.step_latency * 1e3:.2f} ms + {acc.layer_latency * 1e3:.2f} ms/layer")
+          f"{acc.mem_bw / 1e9:.1f} GB/s copy, GEMM half-rate at {acc.gemm_half_rows:.1f} rows (LM head {acc.head_half_rows:.1f}), "
+          f"decode step {acc.step_latency * 1e3:.2f} ms + {acc.layer_latency * 1e3:.2f} ms/layer"
+          f" + {acc.logit_time * 1e9:.2f} ns/logit, KV read {acc.kv_read_bw / 1e9:.1f} GB/s")
     print(format_table(validate(acc)))
 
 
