@@ -97,3 +97,33 @@ def test_ppo_resume_restores_the_critic(tiny_policy, tmp_path):
         a = load_file(str(tmp_path / "straight" / "checkpoints" / "step_000004" / part))
         b = load_file(str(tmp_path / "resumed" / "checkpoints" / "step_000004" / part))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_a_reward_server_that_dies_mid_run_loses_no_completed_step(tiny_policy, tmp_path, capsys):
+    """The server answers the start evaluation and 3 steps, then fails: the run stops with one line,
+    a checkpoint holds the 3 completed steps, and resuming (server back) finishes the run."""
+    calls = {"n": 0}
+
+    def flaky(completions, answer, **fields):
+        calls["n"] += 1
+        if calls["n"] > 4 and not calls.get("back"):
+            raise RuntimeError("model server crashed")
+        return [float(sum(ch.isdigit() for ch in c)) for c in completions]
+
+    srv = make_server(flaky, port=0, quiet=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/"
+    run_dir = tmp_path / "run"
+    args = [*overrides(tiny_policy, run_dir, f"task.reward={url}", "task.reward_batch_size=64",
+                       "task.reward_retries=0", "train.steps=6", "train.checkpoint_every=0"), "--quiet"]
+    try:
+        assert main(["train", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "steps 1-3 are saved" in err and "--resume" in err
+        assert (run_dir / "checkpoints" / "step_000003" / "state.json").is_file()
+        calls["back"] = True
+        assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+        assert (run_dir / "final" / "model.safetensors").is_file()
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -213,6 +213,23 @@ class Run:
                         {"policy_version": self.engine.policy_version, "data_position": step * self.config.train.prompts_per_step},
                         self.config.to_yaml(), extra_files=self.tokenizer_files, companions=self.companions())
 
+    def save_before_failure(self, step: int, exc: Exception, updated: bool) -> None:
+        """Step `step` (0-based) failed: a reward server went away, a reward function raised, ...
+        If no model was `updated` in it yet, the weights are exactly those after the last completed
+        step: checkpoint them so nothing is lost, and say where to resume. A failure after an update
+        (a torn step) keeps the last periodic checkpoint."""
+        saved = latest_checkpoint(self.run_dir)
+        saved_step = int(saved.name.split("_")[1]) if saved is not None else 0
+        if not updated and step > saved_step:
+            self.checkpoint(step)
+            saved, saved_step = latest_checkpoint(self.run_dir), step
+        hint = (f"steps 1-{saved_step} are saved; continue with: fastrlhf train --resume {self.run_dir}"
+                if saved is not None else "no step was completed")
+        if isinstance(exc, UserError):
+            exc.args = (f"{exc} ({hint})",)
+        else:
+            exc.add_note(f"fastrlhf: {hint}")
+
     def export(self) -> Path:
         return save_model(self.model, self.run_dir / "final", extra_files=self.tokenizer_files)
 
@@ -232,7 +249,12 @@ def train(config: Config, resume: bool = False, show_progress: bool = True) -> R
             writer.log(0, result.start_eval)
             progress.phase(_eval_line("start", result.start_eval))
         for step in range(run.start_step, t.steps):
-            metrics = run.step(step)
+            version = run.engine.policy_version
+            try:
+                metrics = run.step(step)
+            except Exception as exc:
+                run.save_before_failure(step, exc, updated=run.engine.policy_version != version)
+                raise
             writer.log(step + 1, metrics)
             progress.update(step + 1, metrics)
             result.history.append(metrics)
