@@ -186,3 +186,9 @@ def test_train_help_lists_every_key(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert all(f"  {key} = " in out for key in all_keys())
+
+
+def test_actor_freeze_is_for_ppo_only():
+    assert load_config(None, ["algorithm.name=ppo", "algorithm.freeze_actor_steps=5"]).algorithm.freeze_actor_steps == 5
+    with pytest.raises(UserError, match="freeze_actor_steps"):
+        load_config(None, ["algorithm.freeze_actor_steps=5"])

@@ -118,6 +118,8 @@ class AlgorithmSection:
     critic_init: Literal["auto", "reward_model", "policy"] = option(
         "auto", "PPO critic starts from the reward model (when task.reward is one) or the policy + new head")
     critic_lr: float = option(1e-4, "PPO critic learning rate (AdamW)", greater_than(0.0))
+    freeze_actor_steps: int = option(0, "first steps that train only the critic (PPO warm-up; the actor waits)",
+                                     at_least(0))
     beta: float = option(0.1, "DPO: inverse temperature of the implicit reward", greater_than(0.0))
     dpo_loss: Literal["sigmoid", "ipo"] = option("sigmoid", "DPO loss: sigmoid (Rafailov 2023) or IPO (Azar 2023)")
 
@@ -254,6 +256,8 @@ def check_consistency(config: Config) -> None:
         raise UserError("config: algorithm.name=dpo trains on preference pairs: set task.preferences=PAIRS.jsonl")
     if config.algorithm.critic_init == "reward_model" and name != "ppo":
         raise UserError(f"config: 'algorithm.critic_init' only applies to ppo, not {name}")
+    if config.algorithm.freeze_actor_steps and name != "ppo":
+        raise UserError(f"config: 'algorithm.freeze_actor_steps' warms up PPO's critic; {name} has none")
 
 
 def all_keys() -> list[str]:

@@ -103,17 +103,3 @@ def test_head_gemm_rate_and_sampler_terms(tiny, toy_acc):
     sampled = dataclasses.replace(toy_acc, logit_time=1e-9)
     assert cost.decode_step_time(tiny, sampled, Layout(1, 1, 1), 64, 3, True) == pytest.approx(base + 64 * 10 * 1e-9)
 
-
-def test_half_rows_by_hidden_interpolates_in_log_hidden(toy_acc):
-    import dataclasses
-
-    from fastrlhf.plan.hardware import cluster_from_dict, make_cluster
-
-    acc = dataclasses.replace(toy_acc, half_rows_by_hidden=((512, 30.0, 60.0), (128, 10.0, 20.0)))
-    assert acc.half_rows(256) == pytest.approx(20.0)  # log-midpoint of 128 and 512
-    assert acc.half_rows(256, head=True) == pytest.approx(40.0)
-    assert acc.half_rows(64) == 10.0 and acc.half_rows(4096, head=True) == 60.0  # clamped
-    assert acc.half_rows(None) == acc.gemm_half_rows
-    assert cost.gemm_rate(acc, 20, hidden=256) == pytest.approx(0.5e12 * 20 / 40)
-    back = cluster_from_dict(make_cluster(acc, 1, 1).to_dict()).accelerator  # plan JSON round trip
-    assert back.half_rows(256) == pytest.approx(20.0)

@@ -157,3 +157,14 @@ def test_critic_regresses_towards_returns_and_micro_batching_is_exact(setup):
         batch = batch.update(whole.inference(batch))
         last = whole.train(batch)
     assert last["critic/value_loss"] < 0.5 * first["critic/value_loss"]
+
+
+def test_frozen_actor_waits_while_the_critic_warms_up(setup):
+    tok, base = setup
+    model = copy.deepcopy(base)
+    actor = make_actor(model, tok, "ppo", freeze_actor_steps=1)
+    batch = rollout(actor, tok, copy.deepcopy(base), make_critic(base))
+    actor.step = 0
+    assert actor.train(batch)["actor_frozen"] == 1.0 and max_gap(model, base) == 0.0
+    actor.step = 1
+    assert "actor_frozen" not in actor.train(batch) and max_gap(model, base) > 1e-4

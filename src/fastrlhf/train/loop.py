@@ -192,7 +192,7 @@ class Run:
             data = pair_batch(rows, self.tokenizer)
         else:
             data = prompt_batch(rows, self.source.field_names)
-        self.actor.step_seed = step_seed(t.seed, step)
+        self.actor.step_seed, self.actor.step = step_seed(t.seed, step), step
         if self.critic is not None:
             self.critic.step_seed = step_seed(t.seed, step)
         started = time.perf_counter()

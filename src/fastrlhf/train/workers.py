@@ -60,6 +60,7 @@ class ActorWorker:
         # the trainer scores tokens under the sampling distribution (policy gradients) or the plain model (DPO)
         self.train_params = params if self.objective.uses_sampling_distribution else MODEL_DISTRIBUTION
         self.step_seed = 0  # set by the loop each step so sampling is reproducible after resume
+        self.step = 0  # the run's step (0-based), set by the loop
 
     # ---------------------------------------------------------------- generate
     def generate(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
@@ -112,6 +113,9 @@ class ActorWorker:
         batch = self.objective.prepare(batch)
         totals["train_rows"] = float(len(batch))
         if len(batch) == 0:  # e.g. online DPO when every prompt's samples tie: nothing to learn from
+            return totals
+        if self.step < self.algorithm.freeze_actor_steps:  # PPO: let a fresh critic catch up first
+            totals["actor_frozen"] = 1.0
             return totals
         self.model.train()
         unit = self.objective.rows_per_unit
