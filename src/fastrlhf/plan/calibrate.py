@@ -18,9 +18,6 @@ the estimate of the undisturbed machine; `validate.py` measures the decoder the 
   captures; the GPU default of 64 rows was an assumption, not a measurement. Solved twice: from
   the projection shapes (gemm_half_rows) and from the LM-head shapes, N = 8192 (head_half_rows):
   at 8 rows and weights out of DRAM the head ran at 8-11 GFLOP/s and the projections at ~20.
-  And once more per hidden size in HIDDENS, from that decoder's five shapes alone
-  (half_rows_by_hidden): at 8 rows K = 256 projections ran at ~17 GFLOP/s and K = 512 ones at
-  ~25, so one averaged t_half over- or under-predicts a whole model by 20-40%.
 - mem_bw: bandwidth of a large copy (COPY_BYTES = 256 MB, beyond any last-level cache), counting
   bytes read + bytes written.
 
@@ -68,7 +65,6 @@ COPY_BYTES = 256 * 2**20
 LATENCY_LAYERS = (1, 2, 4, 8)
 LOGIT_VOCAB = 8192
 KV_SPAN = 128
-HIDDENS = (128, 256, 512)  # SHAPES holds five shapes per hidden size, in this order
 
 
 def run_times(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> list[float]:
@@ -100,12 +96,6 @@ def num_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def _shapes(hidden: int, head: bool) -> list[tuple[int, int]]:
-    """The SHAPES of the decoder of `hidden`: its LM head, or its projections."""
-    rows = SHAPES[HIDDENS.index(hidden) * 5:(HIDDENS.index(hidden) + 1) * 5]
-    return [s for s in rows if (s[1] == 8192) == head]
 
 
 def weight_set(shapes=SHAPES, total_bytes: int = WEIGHT_BYTES):
@@ -239,10 +229,6 @@ def calibrate_cpu(threads: int | None = 1) -> Accelerator:
         small = matmul_rate(SMALL_ROWS, weight_set([s for s in SHAPES if s[1] != 8192]), repeats=9)
         small_head = matmul_rate(SMALL_ROWS, weight_set([s for s in SHAPES if s[1] == 8192]),
                                  repeats=9)
-        by_hidden = tuple(
-            (h, half_rows(flops, matmul_rate(SMALL_ROWS, weight_set(_shapes(h, False)), repeats=5)),
-             half_rows(flops, matmul_rate(SMALL_ROWS, weight_set(_shapes(h, True)), repeats=5)))
-            for h in HIDDENS)
         bandwidth = copy_bandwidth()
         step_latency, layer_latency = dispatch_latencies()
         per_logit = logit_time()
@@ -251,5 +237,4 @@ def calibrate_cpu(threads: int | None = 1) -> Accelerator:
                                          gemm_half_rows=half_rows(flops, small),
                                          head_half_rows=half_rows(flops, small_head),
                                          step_latency=step_latency, layer_latency=layer_latency,
-                                         logit_time=per_logit, kv_read_bw=kv_bw,
-                                         half_rows_by_hidden=by_hidden)
+                                         logit_time=per_logit, kv_read_bw=kv_bw)

@@ -12,9 +12,7 @@ FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
   weights stream about half as fast at 8 rows as the projections' (measured 8-11 GFLOP/s against
   ~20), and it is 18-72% of a small decoder's FLOPs, so one averaged curve cannot fit models whose
   head share differs. `matmul_time` splits a pass's FLOPs into the body at R(t) and the head at
-  R_head(t). The cpu profile also measures both t_half per hidden size (128, 256, 512: at 8 rows
-  GEMMs with K = 128 or 256 run slower than with K = 512) and interpolates in log(hidden)
-  (Accelerator.half_rows); GPU profiles use the two constants.
+  R_head(t).
 - Ring all-reduce of n bytes over g GPUs (Patarasuk & Yuan 2009): alpha + 2 (g-1)/g * n / B.
 - A pipelined pass (GPipe / 1F1B schedule, Narayanan et al. 2021 eq. 1): with m micro-batches over
   pp stages the pass takes (m + pp - 1) * t_stage, t_stage = one micro-batch on one stage:
@@ -76,9 +74,8 @@ OPTIMIZER_BYTES_PER_PARAM = 30
 UNFUSED_ADAMW_BYTES = 92
 
 
-def gemm_rate(acc: Accelerator, tokens: float, head: bool = False,
-              hidden: int | None = None) -> float:
-    return acc.flops * tokens / (tokens + acc.half_rows(hidden, head))
+def gemm_rate(acc: Accelerator, tokens: float, head: bool = False) -> float:
+    return acc.flops * tokens / (tokens + (acc.head_half_rows if head else acc.gemm_half_rows))
 
 
 def matmul_time(model: ModelSpec, acc: Accelerator, tokens: float, rows: float, ctx: float) -> float:
@@ -86,8 +83,7 @@ def matmul_time(model: ModelSpec, acc: Accelerator, tokens: float, rows: float, 
     attention) at R(rows), the output head at R_head(rows). Divide by tp * pp for a shard."""
     head = 2.0 * model.head_matmul_params
     body = model.flops_fwd_per_token(ctx) - head
-    h = model.hidden
-    return tokens * (body / gemm_rate(acc, rows, hidden=h) + head / gemm_rate(acc, rows, True, h))
+    return tokens * (body / gemm_rate(acc, rows) + head / gemm_rate(acc, rows, head=True))
 
 
 def allreduce_time(nbytes: float, group: int, bandwidth: float, latency: float) -> float:

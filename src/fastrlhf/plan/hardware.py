@@ -28,7 +28,6 @@ a micro-benchmark of this machine (validated against our decoder in `validate.py
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass
 
@@ -62,10 +61,6 @@ class Accelerator:
     # the same for the LM-head GEMM (N = vocab >> K): with few rows it streams its weights more
     # slowly than the projections on the cpu (calibrate.py); equal to gemm_half_rows for GPUs
     head_half_rows: float = 64.0
-    # measured (cpu): ((hidden, t_half of the projections, t_half of the LM head), ...) for
-    # decoders of those hidden sizes; small-row GEMM rates depend on the shape (K = hidden), so
-    # the cost model interpolates in log(hidden) (clamped at the ends). () = the two numbers above
-    half_rows_by_hidden: tuple = ()
     # fixed time per model invocation (decode step incl. sampling) and per layer per invocation:
     # dispatch / launch overheads. 0 for GPUs (left out there); measured for the cpu profile.
     step_latency: float = 0.0
@@ -89,20 +84,6 @@ class Accelerator:
     @property
     def memory_budget(self) -> float:
         return self.hbm_bytes * self.memory_eff
-
-    def half_rows(self, hidden: int | None = None, head: bool = False) -> float:
-        """t_half of the GEMM curve for a model of `hidden` (see half_rows_by_hidden)."""
-        table = sorted(self.half_rows_by_hidden)
-        if not table or hidden is None:
-            return self.head_half_rows if head else self.gemm_half_rows
-        col = 2 if head else 1
-        if hidden <= table[0][0]:
-            return table[0][col]
-        for lo, hi in zip(table, table[1:]):
-            if hidden <= hi[0]:
-                w = math.log(hidden / lo[0]) / math.log(hi[0] / lo[0])
-                return lo[col] + w * (hi[col] - lo[col])
-        return table[-1][col]
 
     def link_bw(self, intra: bool) -> float:
         return (self.intra_bw if intra else self.inter_bw) * self.link_eff
@@ -130,15 +111,13 @@ def accelerator_from_measurements(name: str, flops: float, mem_bw: float, memory
                                   gemm_half_rows: float = 64.0, step_latency: float = 0.0,
                                   layer_latency: float = 0.0, logit_time: float = 0.0,
                                   head_half_rows: float | None = None,
-                                  kv_read_bw: float = 0.0,
-                                  half_rows_by_hidden: tuple = ()) -> Accelerator:
+                                  kv_read_bw: float = 0.0) -> Accelerator:
     """An accelerator whose rates are *measured* (e.g. the cpu profile): efficiencies are 1."""
     head = gemm_half_rows if head_half_rows is None else head_half_rows
     return Accelerator(name, flops, memory_bytes, mem_bw, link_bw, link_bw, mem_bw, latency,
                        latency, 1.0, 1.0, 1.0, 0.8, gemm_half_rows=gemm_half_rows,
                        head_half_rows=head, step_latency=step_latency,
-                       layer_latency=layer_latency, kv_read_bw=kv_read_bw, logit_time=logit_time,
-                       half_rows_by_hidden=tuple(half_rows_by_hidden))
+                       layer_latency=layer_latency, kv_read_bw=kv_read_bw, logit_time=logit_time)
 
 
 def get_accelerator(name: str) -> Accelerator:
@@ -207,19 +186,13 @@ def cluster_from_dict(data: dict) -> Cluster:
         elif isinstance(acc, dict):
             base = ACCELERATORS.get(str(acc.get("name")), ACCELERATORS["H100"])
             # numbers as floats: PyYAML reads 40.0e9 (no exponent sign) as a string
-            fields = {k: (v if k == "name" else _number(k, v)) for k, v in acc.items()}
+            fields = {k: (v if k == "name" else float(v)) for k, v in acc.items()}
             accelerator = dataclasses.replace(base, **fields)
         else:
             raise UserError("cluster spec: 'accelerator' must be a name or a mapping")
         return make_cluster(accelerator, int(data.get("nodes", 1)), int(data.get("gpus_per_node", 8)))
     except (TypeError, ValueError) as exc:
         raise UserError(f"bad cluster spec: {exc}") from None
-
-
-def _number(key: str, value):
-    if key == "half_rows_by_hidden":  # JSON lists back to the tuple of (hidden, body, head)
-        return tuple(tuple(float(x) for x in row) for row in value)
-    return float(value)
 
 
 def load_cluster(text: str) -> Cluster:
