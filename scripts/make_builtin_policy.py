@@ -7,6 +7,9 @@ accuracy on 200 *training-split* validation problems reaches `--stop-at` (checke
 pass@8 at temperature 1 (rollout engine), and writes the HF directory with `save_model` to
 src/fastrlhf/tasks/builtin_policy_model/ (or --out). Fixed seed: the same command gives the same file.
 `--eval-every N` also reports accuracy during training (for choosing the recipe; see docs/LOG.md).
+
+`make_policy(args, task, max_new_tokens)` is the whole recipe for any addition-style task module
+(`arithmetic`, `worked_addition`); scripts/make_worked_policy.py reuses it with other defaults.
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ from fastrlhf.train.sft import SFTConfig, encode_pairs, train_sft
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "fastrlhf" / "tasks" / "builtin_policy_model"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None, description: str = __doc__.splitlines()[0], **defaults) -> argparse.Namespace:
+    """The recipe's options; `defaults` override the arithmetic policy's (e.g. steps=4000)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--max-positions", type=int, default=64, help="max_position_embeddings of the model")
     ap.add_argument("--steps", type=int, default=1500, help="at most this many SFT steps")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -56,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--check-every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-save", action="store_true")
+    ap.set_defaults(**defaults)
     return ap.parse_args(argv)
 
 
@@ -64,7 +70,7 @@ def build_model(vocab_size: int, tok, args) -> CausalLM:
     cfg = ModelConfig(model_type="llama", vocab_size=vocab_size, hidden_size=args.hidden,
                       intermediate_size=(8 * args.hidden // 3 + 7) // 8 * 8, num_layers=args.layers,
                       num_heads=args.heads, num_kv_heads=args.heads, head_dim=args.hidden // args.heads,
-                      max_position_embeddings=64, tie_word_embeddings=True, bos_token_id=tok.hf.bos_token_id,
+                      max_position_embeddings=args.max_positions, tie_word_embeddings=True, bos_token_id=tok.hf.bos_token_id,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(args.seed)
     model = CausalLM(cfg)
@@ -75,30 +81,39 @@ def build_model(vocab_size: int, tok, args) -> CausalLM:
     return model
 
 
-def greedy_accuracy(model: CausalLM, tok, rows: list[dict]) -> float:
+def greedy_accuracy(model: CausalLM, tok, rows: list[dict], task=arithmetic, max_new_tokens: int = 8) -> float:
     engine = RolloutEngine(model, num_slots=256)
     seqs = engine.generate([tok.encode_prompt(r["prompt"]) for r in rows],
-                           SamplingParams(temperature=0, max_new_tokens=8, stop_token_ids=(tok.eos_token_id,)))
-    return arithmetic.accuracy([tok.decode(s.token_ids) for s in seqs], [r["answer"] for r in rows])
+                           SamplingParams(temperature=0, max_new_tokens=max_new_tokens, stop_token_ids=(tok.eos_token_id,)))
+    return task.accuracy([tok.decode(s.token_ids) for s in seqs], [r["answer"] for r in rows])
 
 
-def evaluate(model: CausalLM, tok, rows: list[dict], k: int = 8, seed: int = 0) -> dict[str, float]:
+def evaluate(model: CausalLM, tok, rows: list[dict], k: int = 8, seed: int = 0, task=arithmetic,
+             max_new_tokens: int = 8) -> dict[str, float]:
     """Greedy accuracy on `rows` and pass@k / mean accuracy of k samples at temperature 1."""
     engine = RolloutEngine(model, num_slots=256)
     prompts = [tok.encode_prompt(r["prompt"]) for r in rows]
     answers = [r["answer"] for r in rows]
     stops = (tok.eos_token_id,)
-    greedy = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=8, stop_token_ids=stops))
-    greedy_acc = arithmetic.accuracy([tok.decode(s.token_ids) for s in greedy], answers)
-    sampled = engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=8, stop_token_ids=stops, n=k, seed=seed))
-    rewards = arithmetic.reward([tok.decode(s.token_ids) for s in sampled], [a for a in answers for _ in range(k)])
+    greedy = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=max_new_tokens, stop_token_ids=stops))
+    greedy_acc = task.accuracy([tok.decode(s.token_ids) for s in greedy], answers)
+    sampled = engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, stop_token_ids=stops,
+                                                      n=k, seed=seed))
+    rewards = task.reward([tok.decode(s.token_ids) for s in sampled], [a for a in answers for _ in range(k)])
     per_prompt = [rewards[i * k:(i + 1) * k] for i in range(len(rows))]
     return {"greedy": greedy_acc, f"pass@{k}": sum(max(r) for r in per_prompt) / len(rows),
             "sample_acc": sum(rewards) / len(rewards)}
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    make_policy(parse_args(argv), arithmetic, max_new_tokens=8)
+    return 0
+
+
+def make_policy(args: argparse.Namespace, task, max_new_tokens: int):
+    """Build, SFT-train, report and (unless --no-save) write the policy; returns (model, tokenizer,
+    held-out rows). `task` is a task module with sft_demonstrations / eval_rows / train_rows /
+    accuracy / reward (`arithmetic` or `worked_addition`)."""
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     t0 = time.time()
@@ -108,9 +123,9 @@ def main(argv=None) -> int:
         tok_files = copy_tokenizer_files(tmp)
     model = build_model(tok.vocab_size, tok, args)
     print(f"model: {model.config.num_params():,} params (hidden {args.hidden}, {args.layers} layers)", flush=True)
-    examples = encode_pairs(tok, arithmetic.sft_demonstrations(args.demos, args.seed, args.digits, args.carry_drop))
-    rows = arithmetic.eval_rows(args.eval_size, args.digits)
-    val_rows = arithmetic.train_rows(0, 200, seed=10_000 + args.seed, digits=args.digits)  # training split
+    examples = encode_pairs(tok, task.sft_demonstrations(args.demos, args.seed, args.digits, args.carry_drop))
+    rows = task.eval_rows(args.eval_size, args.digits)
+    val_rows = task.train_rows(0, 200, seed=10_000 + args.seed, digits=args.digits)  # training split
     cfg = SFTConfig(steps=args.steps, batch_size=args.batch, micro_batch_size=args.batch, lr=args.lr,
                     warmup_steps=args.warmup, decay=args.decay, seed=args.seed)
 
@@ -119,11 +134,12 @@ def main(argv=None) -> int:
             print(f"step {step + 1} loss {stats['loss']:.3f} lr {stats['lr']:.2e} ({time.time() - t0:.0f}s)", flush=True)
         if args.eval_every and (step + 1) % args.eval_every == 0:
             model.eval()
-            print(f"  eval @ {step + 1}: {fmt(evaluate(model, tok, rows))}", flush=True)
+            print(f"  eval @ {step + 1}: {fmt(evaluate(model, tok, rows, task=task, max_new_tokens=max_new_tokens))}",
+                  flush=True)
             model.train()
         if args.stop_at and (step + 1) % args.check_every == 0:
             model.eval()
-            acc = greedy_accuracy(model, tok, val_rows)
+            acc = greedy_accuracy(model, tok, val_rows, task, max_new_tokens)
             model.train()
             print(f"  validation greedy @ {step + 1}: {acc:.1%}", flush=True)
             return acc >= args.stop_at
@@ -132,14 +148,14 @@ def main(argv=None) -> int:
     t_train = time.time()
     steps = len(train_sft(model, examples, cfg, tok.pad_token_id, on_step))
     t_train = time.time() - t_train
-    final = evaluate(model, tok, rows)
+    final = evaluate(model, tok, rows, task=task, max_new_tokens=max_new_tokens)
     print(f"final ({steps} steps, {t_train:.0f}s training): {fmt(final)} on {len(rows)} held-out problems")
     if not args.no_save:
         save_model(model, args.out, extra_files=tok_files)
         size = sum(f.stat().st_size for f in args.out.iterdir())
         print(f"wrote {args.out} ({size / 1e6:.2f} MB)")
     print(f"total {time.time() - t0:.0f}s")
-    return 0
+    return model, tok, rows
 
 
 def fmt(metrics: dict[str, float]) -> str:

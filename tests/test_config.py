@@ -108,7 +108,7 @@ def test_unknown_section_with_suggestion(tmp_path):
     ("rollout.temperature=-1", "'rollout.temperature' must be >= 0.0, got -1.0"),
     ("train.device=tpu", "'train.device' must be one of 'auto', 'cpu', 'cuda', got 'tpu'"),
     ("algorithm.loss_aggregation=tokens", "'algorithm.loss_aggregation' must be one of"),
-    ("task.name=gsm8k", "'task.name' must be a built-in task ('arithmetic', 'preference'), got 'gsm8k'"),
+    ("task.name=gsm8k", "'task.name' must be a built-in task ('arithmetic', 'preference', 'worked_addition'), got 'gsm8k'"),
     ("task.digits=3", "'task.digits' must be a list, got 3"),
     ("task.digits=[1, x]", "'task.digits[1]' must be an integer, got 'x'"),
     ("task.digits=[]", "'task.digits' must be a non-empty list"),

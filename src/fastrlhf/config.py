@@ -11,6 +11,11 @@ as it is set, so the first problem is reported as one line naming where it came 
 key, e.g. `config.yaml: unknown key 'rollout.temprature' (did you mean 'rollout.temperature'?)`.
 All problems are `fastrlhf.errors.UserError` (the CLI prints them and exits with code 2).
 
+Task-dependent defaults: `rollout.max_new_tokens` left unset (None) takes `task.name`'s default
+(`tasks.task_max_new_tokens`: 96 for worked_addition, else 8; also when `task.prompts` is set) once the file and overrides are applied
+(and when a `Config` is constructed), so a loaded config and its snapshot hold the value in effect;
+`--help` shows it as None. `task.digits` stays None, read by the task as "its default sizes".
+
 Deliberately accepted: an int where a float is expected; a string such as "1e-4" for a float field
 (PyYAML reads `1e-4` without a dot as a string). For str fields an override keeps the raw text, so
 `train.run_dir=2024` is the directory "2024". Relative paths are relative to the working directory.
@@ -35,7 +40,7 @@ import yaml
 from fastrlhf.config_values import (at_least, convert, greater_than, in_unit_interval, non_empty, option,
                                     positive_list, type_name)
 from fastrlhf.errors import UserError
-from fastrlhf.tasks import BUILTIN_TASKS
+from fastrlhf.tasks import BUILTIN_TASKS, task_max_new_tokens
 
 
 def builtin_task(value: str) -> str | None:
@@ -52,7 +57,8 @@ class ModelSection:
 
 @dataclass
 class TaskSection:
-    name: str = option("arithmetic", "built-in task (used when `prompts` is not set)",
+    name: str = option("arithmetic", "built-in task: arithmetic | preference | worked_addition (used when `prompts` "
+                                     "is not set)",
                        builtin_task)
     prompts: str | None = option(None, "JSONL prompts file: {\"prompt\": ..., other reward fields}",
                                  non_empty)
@@ -61,8 +67,9 @@ class TaskSection:
                                 non_empty)
     preferences: str | None = option(None, "JSONL preference pairs {\"prompt\", \"chosen\", \"rejected\"} "
                                            "(offline DPO); default: the preference task's pairs", non_empty)
-    digits: list[int] = option(None, "operand sizes (digits) of the built-in arithmetic task",
-                               positive_list, factory=lambda: [1, 2, 3])
+    digits: list[int] | None = option(None, "operand sizes (digits) of the built-in arithmetic / worked_addition "
+                                            "task, drawn uniformly; unset: the task's default ([1, 2, 3] for "
+                                            "arithmetic, long-tailed 1..8 for worked_addition)", positive_list)
     eval_size: int = option(200, "held-out prompts used for evaluation", at_least(1))
     reward_batch_size: int = option(64, "completions per request to an HTTP reward server", at_least(1))
     reward_timeout: float = option(30.0, "seconds before an HTTP reward request is retried", greater_than(0.0))
@@ -76,7 +83,9 @@ class RolloutSection:
     temperature: float = option(1.0, "sampling temperature (0 = greedy)", at_least(0.0))
     top_p: float = option(1.0, "nucleus sampling mass (1 = off)", in_unit_interval)
     top_k: int = option(0, "sample among the k most likely tokens (0 = off)", at_least(0))
-    max_new_tokens: int = option(8, "longest completion, in tokens", at_least(1))
+    max_new_tokens: int | None = option(None, "longest completion, in tokens; unset: task.name's default, fixed when "
+                                              "the config is loaded: 96 for worked_addition, 8 for arithmetic and "
+                                              "preference (task.name counts also with task.prompts)", at_least(1))
     num_slots: int = option(128, "sequences decoded concurrently by the engine", at_least(1))
     compile: bool = option(False, "torch.compile the decode step (slow cold start)")
     speculative: Literal["off", "ngram", "draft", "adaptive"] = option(
@@ -155,6 +164,9 @@ class Config:
     algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
     train: TrainSection = field(default_factory=TrainSection)
 
+    def __post_init__(self) -> None:
+        resolve_task_defaults(self)
+
     def to_dict(self) -> dict:
         """Plain nested dict (YAML/JSON-ready) of every value, defaults included."""
         return dataclasses.asdict(self)
@@ -165,20 +177,40 @@ class Config:
 
 # ---------------------------------------------------------------------------- public API
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file at `path` (if any), then `overrides`; validated."""
-    config = Config()
+    """Defaults, then the YAML file at `path` (if any), then `overrides`; validated; the task's
+    defaults fill the keys left unset (`resolve_task_defaults`)."""
+    config = _unresolved_config()
     if path is not None:
         update_from_dict(config, read_yaml(path), source=str(path))
     apply_overrides(config, overrides)
+    resolve_task_defaults(config)
     check_consistency(config)
     return config
 
 
 def config_from_dict(data: Mapping, source: str = "config") -> Config:
     """A validated `Config` from a nested mapping (e.g. `Config.to_dict()` output)."""
-    config = Config()
+    config = _unresolved_config()
     update_from_dict(config, data, source)
+    resolve_task_defaults(config)
     check_consistency(config)
+    return config
+
+
+def resolve_task_defaults(config: Config) -> None:
+    """Fill the keys whose default depends on the task (`rollout.max_new_tokens`) when unset (None).
+
+    Runs when a `Config` is built and after a config is loaded, so a loaded config (and its saved
+    snapshot) always holds the value in effect."""
+    if config.rollout.max_new_tokens is None:
+        config.rollout.max_new_tokens = task_max_new_tokens(config.task.name)  # also with task.prompts: the
+        # name still picks model.path=builtin, and a prompt file of worked_addition rows needs its length
+
+
+def _unresolved_config() -> Config:
+    """Defaults with the task-dependent keys still unset, for a file / overrides to fill first."""
+    config = Config()
+    config.rollout.max_new_tokens = None
     return config
 
 
@@ -268,7 +300,7 @@ def all_keys() -> list[str]:
 
 def describe() -> list[tuple[str, Any, str]]:
     """(key, default, help) for every key, for docs and `--help` text."""
-    defaults = Config().to_dict()
+    defaults = {s.name: dataclasses.asdict(_section_type(s.name)()) for s in dataclasses.fields(Config)}  # unresolved
     return [(key, defaults[key.split(".")[0]][key.split(".")[1]], _field_spec(key).metadata["help"])
             for key in all_keys()]
 

@@ -47,3 +47,37 @@ def test_earlier_responses_to_the_same_prompt_survive_a_new_call_up_to_max_group
     d.reset()  # three prompts known, room for two: the least recently used one goes
     assert d.propose(("p", 1), [9, 5], gamma=2) == []
     assert d.propose(("p", 3), [3], gamma=1) == [4]
+
+
+def test_a_longer_match_beats_a_more_recent_short_one():
+    """The tail [9, 9, 9, 9] occurs in both documents; only the first one also matches the three
+    tokens before it, so with n_max = 8 the drafter continues from there (a sibling at the same
+    place of the same path), while with n_max = 4 the most recent occurrence wins."""
+    a, b = [1, 2, 3, 9, 9, 9, 9, 5], [4, 4, 4, 9, 9, 9, 9, 6]
+    context = [1, 2, 3, 9, 9, 9, 9]
+    long, short = NGramDrafter(n_max=8), NGramDrafter(n_max=4)
+    for d in (long, short):
+        d.extend(0, "a", a)
+        d.extend(0, "b", b)
+    assert long.propose(0, context, gamma=2) == [5]
+    assert short.propose(0, context, gamma=2) == [6]
+    # equal match lengths: the most recent occurrence wins; only the newest max_candidates are read
+    capped = NGramDrafter(n_max=8, max_candidates=1)
+    capped.extend(0, "a", a)
+    capped.extend(0, "b", b)
+    assert capped.propose(0, context, gamma=1) == [6]
+    assert long.propose(0, [7, 9, 9, 9, 9], gamma=1) == [6]
+
+
+def test_remembered_responses_draft_for_the_same_prompt_only():
+    from fastrlhf.rollout.speculative.verify import Speculator
+
+    spec = Speculator(NGramDrafter(n_max=6), gamma=3)
+    spec.remember([([1, 2], [7, 8, 9, 3]), ([4, 2], [5, 5, 5])])
+    spec.remember([([1, 2], [7, 8, 6])])  # a second batch gets its own documents
+    spec.begin()  # a new generate call keeps them
+    drafter = spec.drafter
+    assert drafter.propose((1, 2), [1, 2, 7, 8], gamma=2) == [6]  # the most recent of equal matches
+    assert drafter.propose((1, 2), [1, 2], gamma=3) == [7, 8, 6]
+    assert drafter.propose((4, 2), [4, 2, 5], gamma=1) == [5]
+    assert drafter.propose((9,), [1, 2], gamma=2) == []

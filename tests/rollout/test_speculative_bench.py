@@ -15,7 +15,8 @@ def test_methods_cover_plain_each_drafter_at_each_gamma_and_adaptive():
 
 
 def test_tiny_run_produces_a_table(single_thread):
-    spec = SpecBenchSpec(batch_sizes=(8,), new_tokens=8, repeats=1, gammas=(2,), distill_epochs=1, threads=1)
+    spec = SpecBenchSpec(batch_sizes=(8,), task="arithmetic", new_tokens=8, repeats=1, gammas=(2,), distill_epochs=1,
+                         threads=1)
     lines = []
     rows, info = run(spec, log=lines.append)
     assert [r.method for r in rows] == ["plain", "ngram γ=2", "draft γ=2", "adaptive"]
@@ -24,6 +25,18 @@ def test_tiny_run_produces_a_table(single_thread):
     assert any("distilled" in line for line in lines)
     table = markdown_table(rows, spec, info, "fastrlhf bench rollout --speculative")
     assert table.count("\n| 8 |") == 4 and "× plain" in table
+    assert "`arithmetic` task" in table and "90th percentile" in table and "First-epoch" in table
+
+
+def test_seen_prompts_scenario_remembers_earlier_responses(single_thread):
+    """Later-epoch scenario on the long-answer task: the n-gram drafter, given another seed's
+    responses to the same prompts, gets drafts accepted (first epoch it mostly cannot)."""
+    spec = SpecBenchSpec(batch_sizes=(8,), repeats=1, gammas=(4,), distill_epochs=0, threads=1, seen_prompts=True)
+    rows, info = run(spec, log=lambda line: None)
+    ngram = next(r for r in rows if r.method == "ngram γ=4")
+    assert ngram.acceptance > 0.5 and ngram.tokens_per_pass > 2.5
+    assert info["length_mean"] > 15  # worked answers are long
+    assert "Later-epoch scenario" in markdown_table(rows, spec, info, "cmd")
 
 
 def test_cli_parses_speculative_options(monkeypatch):
@@ -35,7 +48,8 @@ def test_cli_parses_speculative_options(monkeypatch):
     assert args.func(args) == 0
     a = seen[0]
     assert a.speculative and a.gammas == [1, 2] and a.distill_epochs == 0
-    assert a.batch_sizes == [8, 32, 128] and a.new_tokens == 16  # speculative defaults
+    assert a.batch_sizes == [8, 32, 128] and a.new_tokens is None  # speculative defaults: the task's length
+    assert a.task == "worked_addition"
     bad = parser.parse_args(["bench", "rollout", "--speculative", "--gammas", "0"])
     with pytest.raises(Exception, match="gammas"):
         bad.func(bad)

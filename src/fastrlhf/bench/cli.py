@@ -13,7 +13,7 @@ from pathlib import Path
 from fastrlhf.errors import UserError
 
 SECTION = "## Rollout engine vs transformers generate"
-SPEC_SECTION = "## Speculative rollouts (GRPO n = 8, built-in policy)"
+SPEC_SECTION = "## Speculative rollouts (GRPO n = 8, {task} task, {scenario})"
 
 
 def register(subparsers) -> None:
@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     r = sub.add_parser("rollout", help="our rollout engine vs transformers generate on the same weights")
     r.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                    help="sequences per generate call (default 1 8 64; with --speculative 8 32 128 = prompts × 8)")
-    r.add_argument("--new-tokens", type=int, default=None, help="new tokens per sequence (default 128; with --speculative 16)")
+    r.add_argument("--new-tokens", type=int, default=None,
+                   help="new tokens per sequence (default 128; with --speculative the task's: 96 worked_addition, 16 arithmetic)")
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--compile", choices=["off", "on", "both"], default="off",
                    help="torch.compile our decode step (cold compiles take minutes on CPU)")
@@ -31,6 +32,10 @@ def register(subparsers) -> None:
     r.add_argument("--write", metavar="FILE", help="replace the rollout section of this markdown file (e.g. docs/benchmarks.md)")
     r.add_argument("--speculative", action="store_true",
                    help="plain vs n-gram vs draft-model vs adaptive speculation and fixed γ on the built-in policy, n = 8 per prompt")
+    r.add_argument("--task", choices=["worked_addition", "arithmetic"], default="worked_addition",
+                   help="--speculative workload: long worked answers (default) or bare 3-4-token answers")
+    r.add_argument("--seen-prompts", action="store_true",
+                   help="--speculative later-epoch scenario: drafters remember earlier responses to the same prompts")
     r.add_argument("--gammas", type=int, nargs="+", default=[1, 2, 4, 8], help="fixed draft lengths (--speculative)")
     r.add_argument("--draft-layers", type=int, default=1, help="layers kept in the draft model (--speculative)")
     r.add_argument("--distill-epochs", type=int, default=20, help="distillation epochs of the draft, 0 = truncated only (--speculative)")
@@ -42,10 +47,12 @@ def run_rollout(args: argparse.Namespace) -> int:
 
     if args.batch_sizes is None:
         args.batch_sizes = [8, 32, 128] if args.speculative else [1, 8, 64]
-    if args.new_tokens is None:
-        args.new_tokens = 16 if args.speculative else 128
+    if args.new_tokens is None and not args.speculative:
+        args.new_tokens = 128
     for name in ("batch_sizes", "new_tokens", "repeats", "threads", "gammas", "draft_layers"):
         values = getattr(args, name)
+        if values is None:
+            continue
         if any(v < 1 for v in (values if isinstance(values, list) else [values])):
             raise UserError(f"--{name.replace('_', '-')} must be ≥ 1")
     command = "fastrlhf " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("fastrlhf") else "fastrlhf bench rollout"
@@ -69,15 +76,15 @@ def run_speculative(args: argparse.Namespace, command: str) -> int:
 
     if args.distill_epochs < 0:
         raise UserError("--distill-epochs must be ≥ 0")
-    spec = SpecBenchSpec(batch_sizes=tuple(args.batch_sizes), new_tokens=args.new_tokens, repeats=args.repeats,
+    spec = SpecBenchSpec(batch_sizes=tuple(args.batch_sizes), task=args.task, new_tokens=args.new_tokens, repeats=args.repeats,
                          gammas=tuple(args.gammas), draft_layers=args.draft_layers, distill_epochs=args.distill_epochs,
-                         threads=args.threads)
+                         threads=args.threads, seen_prompts=args.seen_prompts)
     print(f"benchmarking speculative rollouts: batch sizes {spec.batch_sizes}, γ {spec.gammas}, {spec.repeats} repeats", file=sys.stderr)
     rows, info = run(spec, log=lambda line: print(line, file=sys.stderr))
     table = markdown_table(rows, spec, info, command)
     print(table)
     if args.write:
-        write_section(Path(args.write), SPEC_SECTION, table)
+        write_section(Path(args.write), SPEC_SECTION.format(task=args.task, scenario="prompts seen an epoch earlier" if args.seen_prompts else "first epoch"), table)
         print(f"wrote {args.write}", file=sys.stderr)
     return 0
 

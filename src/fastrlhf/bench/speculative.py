@@ -1,8 +1,23 @@
 """`fastrlhf bench rollout --speculative`: plain vs n-gram vs draft model vs adaptive speculation.
 
-Workload (GRPO-shaped): the shipped built-in policy (`tasks.builtin_policy`) on training prompts of
-the built-in arithmetic task, n = 8 samples per prompt, temperature 1, stop at EOS. A "batch" is
-the number of sequences (prompts × 8), and the engine gets that many slots.
+Workload (GRPO-shaped): a built-in task's shipped starting policy on that task's training prompts,
+n = 8 samples per prompt, temperature 1, stop at EOS. A "batch" is the number of sequences
+(prompts × 8), and the engine gets that many slots. Tasks (`--task`, WORKLOADS):
+- `worked_addition` (default): answers show their column-by-column working, so responses are long
+  and long-tailed (operand sizes 1-8 digits, most of them small): the rollout shape where the tail
+  of a batch leaves the hardware idle and speculation has room;
+- `arithmetic`: bare 3-4-token answers (little to speculate on; kept for comparison).
+Every repeat draws *new* prompts (the same for every method within the repeat), as every RL step
+does, so no method profits from having seen the prompt in an earlier timed call.
+
+Two scenarios (`seen_prompts`):
+- first epoch (default): nobody has answered these prompts before; drafts can come only from the
+  prompt, the sequence itself, its siblings (which decode in lockstep) or the draft model;
+- later epoch (`--seen-prompts`): RL datasets are finite and run for several epochs, so a prompt
+  usually comes back. Before each timed call every speculator is given (`Speculator.remember`) the
+  responses of an untimed plain call on the same prompts with another seed — the *same* policy,
+  so this is an optimistic stand-in for last epoch's rollouts of a policy that has since moved
+  (scripts/speculative_training.py measures the real thing in a training run).
 
 Methods, all on the same prompts and seeds, in one process:
 - `plain`: the engine without speculation;
@@ -18,7 +33,7 @@ interleaved so drift hits all equally; tokens/s = generated tokens / wall second
 each method's acceptance and committed tokens per sequence-verification. Sanity checked in the
 run: n-gram methods must return exactly plain's tokens (deterministic drafter).
 
-Left out: long-tailed workloads other than the built-in task (its answers are short), GPU runs.
+Left out: user prompt files as workloads, GPU runs.
 """
 
 from __future__ import annotations
@@ -40,10 +55,33 @@ from fastrlhf.rollout.speculative.verify import Speculator, SpecStats
 GROUP = 8  # samples per prompt (GRPO n)
 
 
+@dataclass(frozen=True)
+class Workload:
+    policy_dir: str  # "module:function" returning the shipped policy's directory
+    rows: str  # "module:function"(start, count, seed) -> training rows with a "prompt"
+    new_tokens: int  # default longest response
+
+
+WORKLOADS = {
+    "worked_addition": Workload("fastrlhf.tasks.builtin_policy:worked_policy_dir",
+                                "fastrlhf.tasks.worked_addition:train_rows", 96),
+    "arithmetic": Workload("fastrlhf.tasks.builtin_policy:builtin_policy_dir",
+                           "fastrlhf.tasks.arithmetic:train_rows", 16),
+}
+
+
+def _function(spec: str):
+    import importlib
+
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 @dataclass
 class SpecBenchSpec:
     batch_sizes: tuple[int, ...] = (8, 32, 128)  # sequences = prompts × GROUP
-    new_tokens: int = 16
+    task: str = "worked_addition"  # a WORKLOADS key
+    new_tokens: int | None = None  # None: the workload's default
     repeats: int = 3
     gammas: tuple[int, ...] = (1, 2, 4, 8)
     draft_layers: int = 1
@@ -51,6 +89,7 @@ class SpecBenchSpec:
     temperature: float = 1.0
     threads: int = 2
     seed: int = 0
+    seen_prompts: bool = False  # later-epoch scenario: earlier responses to the prompts are remembered
 
 
 @dataclass
@@ -58,30 +97,43 @@ class SpecRow:
     batch: int
     method: str
     tokens_per_s: list[float] = field(default_factory=list)
-    acceptance: float = 0.0
-    tokens_per_pass: float = 0.0
+    stats: list[SpecStats] = field(default_factory=list)  # per timed repeat (speculative methods)
 
     @property
     def median(self) -> float:
         return statistics.median(self.tokens_per_s)
 
+    @property
+    def acceptance(self) -> float:
+        """Accepted / drafted over all timed repeats."""
+        drafted = sum(s.drafted for s in self.stats)
+        return sum(s.accepted for s in self.stats) / drafted if drafted else 0.0
 
-def load_policy():
+    @property
+    def tokens_per_pass(self) -> float:
+        passes = sum(s.passes for s in self.stats)
+        return sum(s.committed for s in self.stats) / passes if passes else 0.0
+
+
+def load_policy(task: str):
     from fastrlhf.model.hf_io import load_model
     from fastrlhf.model.tokenizer import load_tokenizer
-    from fastrlhf.tasks.builtin_policy import builtin_policy_dir
 
-    return load_model(builtin_policy_dir()), load_tokenizer(builtin_policy_dir())
+    directory = _function(WORKLOADS[task].policy_dir)()
+    return load_model(directory), load_tokenizer(directory)
 
 
-def grpo_prompts(tokenizer, count: int, seed: int) -> list[list[int]]:
-    from fastrlhf.tasks.arithmetic import train_rows
+def grpo_prompts(task: str, tokenizer, count: int, seed: int) -> list[list[int]]:
+    rows = _function(WORKLOADS[task].rows)(0, count, seed)
+    return [tokenizer.encode_prompt(row["prompt"]) for row in rows]
 
-    return [tokenizer.encode_prompt(row["prompt"]) for row in train_rows(0, count, seed)]
+
+def new_tokens(spec: SpecBenchSpec) -> int:
+    return spec.new_tokens or WORKLOADS[spec.task].new_tokens
 
 
 def sampling(spec: SpecBenchSpec, tokenizer, seed: int) -> SamplingParams:
-    return SamplingParams(temperature=spec.temperature, max_new_tokens=spec.new_tokens, n=GROUP, seed=seed,
+    return SamplingParams(temperature=spec.temperature, max_new_tokens=new_tokens(spec), n=GROUP, seed=seed,
                           stop_token_ids=tuple(tokenizer.stop_token_ids()))
 
 
@@ -89,7 +141,7 @@ def make_draft(policy, tokenizer, spec: SpecBenchSpec, log=print):
     """The policy truncated to `draft_layers` layers, distilled on its own rollouts of other prompts."""
     draft = truncated_draft(policy, spec.draft_layers)
     if spec.distill_epochs:
-        prompts = grpo_prompts(tokenizer, 64, seed=spec.seed + 10_000)
+        prompts = grpo_prompts(spec.task, tokenizer, 64, seed=spec.seed + 10_000)
         params = sampling(spec, tokenizer, seed=spec.seed + 10_000)
         rollouts = RolloutEngine(policy, num_slots=len(prompts) * GROUP).generate(prompts, params)
         stats = distill_draft(draft, policy, *pack_rollouts(rollouts, tokenizer.pad_token_id), params,
@@ -110,9 +162,12 @@ def methods(spec: SpecBenchSpec, draft) -> dict[str, object]:
     return out
 
 
-def run_once(policy, prompts, params, factory, slots: int):
-    """→ (tokens/s, token lists, speculator or None)."""
+def run_once(policy, prompts, params, factory, slots: int, history=None):
+    """→ (tokens/s, token lists, speculator or None). `history`: (prompt, response) pairs the
+    speculator remembers before the (timed) call."""
     speculator = factory() if factory else None
+    if speculator is not None and history:
+        speculator.remember(history)
     engine = RolloutEngine(policy, num_slots=slots, speculator=speculator)
     started = time.perf_counter()
     out = engine.generate(prompts, params)
@@ -130,13 +185,13 @@ def _fresh_stats(speculator):
 def run(spec: SpecBenchSpec, log=print) -> tuple[list[SpecRow], dict]:
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
-    policy, tokenizer = load_policy()
+    policy, tokenizer = load_policy(spec.task)
     draft = make_draft(policy, tokenizer, spec, log)
     table = methods(spec, draft)
     rows: list[SpecRow] = []
+    lengths: list[int] = []  # response lengths of plain's timed runs (the workload's shape)
     for batch in spec.batch_sizes:
-        prompts = grpo_prompts(tokenizer, max(batch // GROUP, 1), seed=spec.seed + batch)
-        slots = len(prompts) * GROUP
+        slots = max(batch // GROUP, 1) * GROUP
         params = sampling(spec, tokenizer, seed=spec.seed)
         by_method = {name: SpecRow(slots, name) for name in table}
         # adaptive keeps its cost table and acceptance estimates across calls, as in training (one
@@ -144,31 +199,48 @@ def run(spec: SpecBenchSpec, log=print) -> tuple[list[SpecRow], dict]:
         adaptive = table["adaptive"]()
         factories = {**table, "adaptive": lambda: _fresh_stats(adaptive)}
         for repeat in range(spec.repeats + 1):  # repeat 0: warm-up, untimed
+            # new prompts every repeat (as every RL step has), the same for every method
+            prompts = grpo_prompts(spec.task, tokenizer, slots // GROUP, seed=spec.seed + 1000 * batch + repeat)
+            history = None
+            if spec.seen_prompts:  # "last epoch's" rollouts: the same prompts, another seed, untimed
+                earlier = sampling(spec, tokenizer, seed=spec.seed + 7919)
+                _, responses, _ = run_once(policy, prompts, earlier, None, slots)
+                history = [(prompts[i // GROUP], r) for i, r in enumerate(responses)]
             reference = None
             for name, factory in factories.items():
-                rate, tokens, speculator = run_once(policy, prompts, params, factory, slots)
+                rate, tokens, speculator = run_once(policy, prompts, params, factory, slots, history)
                 if name == "plain":
                     reference = tokens
+                    if repeat:
+                        lengths.extend(map(len, tokens))
                 elif name.startswith("ngram") and tokens != reference:
                     raise AssertionError(f"{name} changed the sampled tokens (it must not)")
                 if repeat:
                     row = by_method[name]
                     row.tokens_per_s.append(rate)
                     if speculator is not None:
-                        row.acceptance, row.tokens_per_pass = speculator.stats.acceptance, speculator.stats.tokens_per_pass
+                        row.stats.append(speculator.stats)
             if repeat:
                 log(f"  batch {slots:>4} repeat {repeat}/{spec.repeats}: " +
                     ", ".join(f"{n} {by_method[n].tokens_per_s[-1]:.0f}" for n in ("plain", "adaptive")) + " tok/s")
         rows.extend(by_method.values())
-    info = {"torch": torch.__version__, "threads": spec.threads, "policy_params": policy.config.num_params()}
+    lengths.sort()
+    info = {"torch": torch.__version__, "threads": spec.threads, "policy_params": policy.config.num_params(),
+            "length_mean": statistics.fmean(lengths), "length_median": statistics.median(lengths),
+            "length_p90": lengths[int(0.9 * (len(lengths) - 1))], "length_max": lengths[-1]}
     return rows, info
 
 
 def markdown_table(rows: list[SpecRow], spec: SpecBenchSpec, info: dict, command: str) -> str:
     lines = [
-        f"Workload: the built-in policy ({info['policy_params'] / 1e6:.2f} M parameters, fp32) on built-in arithmetic "
-        f"prompts, {GROUP} samples per prompt, temperature {spec.temperature}, ≤ {spec.new_tokens} new tokens, stop at EOS. "
-        f"Draft: the policy's first {spec.draft_layers} layer(s)"
+        f"Workload: the `{spec.task}` task's shipped policy ({info['policy_params'] / 1e6:.2f} M parameters, fp32) on "
+        f"its training prompts (new ones every repeat), {GROUP} samples per prompt, temperature {spec.temperature}, "
+        f"≤ {new_tokens(spec)} new tokens, stop at EOS; response length (tokens) mean {info['length_mean']:.1f}, "
+        f"median {info['length_median']:.0f}, 90th percentile {info['length_p90']}, max {info['length_max']}. "
+        + ("Later-epoch scenario: before each timed call every speculator remembers the same policy's responses to "
+           "the same prompts from another seed (an optimistic stand-in for last epoch's rollouts). " if spec.seen_prompts
+           else "First-epoch scenario: no earlier responses to these prompts. ")
+        + f"Draft: the policy's first {spec.draft_layers} layer(s)"
         + (f", distilled {spec.distill_epochs} epochs on its own rollouts of other prompts" if spec.distill_epochs else "")
         + f". torch {info['torch']}, {info['threads']} threads. Medians of {spec.repeats} repeats (methods interleaved).",
         "",

@@ -68,9 +68,11 @@ def format_prompt(a: int, b: int) -> str:
     return f"{a}+{b}="
 
 
-def is_held_out(problem: Problem) -> bool:
-    """True when `problem` belongs to the held-out (evaluation) split; seed-independent."""
-    digest = hashlib.blake2b(f"{SPLIT_SALT}:{problem.prompt}".encode(), digest_size=8).digest()
+def is_held_out(problem: Problem, salt: str = SPLIT_SALT) -> bool:
+    """True when `problem` belongs to the held-out (evaluation) split; seed-independent.
+
+    `salt` names the task's split (another task built on these problems passes its own)."""
+    digest = hashlib.blake2b(f"{salt}:{problem.prompt}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % 100 < HELD_OUT_PERCENT
 
 
@@ -81,19 +83,38 @@ def _check_digits(digits: Iterable[int]) -> tuple[int, ...]:
     return digits
 
 
-def _random_operand(rng: random.Random, digits: tuple[int, ...]) -> int:
-    size = rng.choice(digits)
+def _random_operand(rng: random.Random, digits: tuple[int, ...], weights: tuple[float, ...] | None = None) -> int:
+    """An operand whose digit count is drawn from `digits`: uniformly (`weights` None), else with
+    those relative `weights` (one per entry of `digits`)."""
+    size = rng.choice(digits) if weights is None else rng.choices(digits, weights)[0]
     low = 0 if size == 1 else 10 ** (size - 1)
     return rng.randint(low, 10**size - 1)
 
 
-def _problem_in_split(stream: str, index: int, seed: int, digits, held_out: bool) -> Problem:
-    """The `index`-th problem of a stream: draws from a per-index RNG until the split matches."""
+def _problem_in_split(stream: str, index: int, seed: int, digits, held_out: bool,
+                      weights: tuple[float, ...] | None = None, salt: str = SPLIT_SALT) -> Problem:
+    """The `index`-th problem of a stream: draws from a per-index RNG until the split matches.
+
+    `weights` and `salt` let other tasks reuse this with their own size distribution and split;
+    the defaults give this task's streams."""
     rng = random.Random(f"{stream}/{seed}/{index}")  # str seeds hash with sha512: stable
     while True:
-        problem = Problem(_random_operand(rng, digits), _random_operand(rng, digits))
-        if is_held_out(problem) == held_out:
+        problem = Problem(_random_operand(rng, digits, weights), _random_operand(rng, digits, weights))
+        if is_held_out(problem, salt) == held_out:
             return problem
+
+
+def _distinct_held_out(count: int, digits: tuple[int, ...], weights: tuple[float, ...] | None = None,
+                       salt: str = SPLIT_SALT) -> list[Problem]:
+    """`count` distinct held-out problems from the fixed evaluation stream (see `eval_rows`)."""
+    seen: dict[Problem, None] = {}  # insertion-ordered set
+    for index in range(100 * count + 10_000):
+        if len(seen) == count:
+            break
+        seen.setdefault(_problem_in_split("eval", index, EVAL_STREAM_SEED, digits, True, weights, salt), None)
+    if len(seen) < count:
+        raise ValueError(f"cannot draw {count} distinct held-out problems for digits {digits}")
+    return list(seen)
 
 
 def train_problem(index: int, seed: int, digits: Iterable[int] = DEFAULT_DIGITS) -> Problem:
@@ -112,15 +133,7 @@ def eval_rows(count: int, digits: Iterable[int] = DEFAULT_DIGITS) -> list[dict]:
     Raises ValueError when that many distinct held-out problems are not found within
     `100 * count + 10_000` draws (e.g. digits=[1] has only about 10 held-out problems).
     """
-    digits = _check_digits(digits)
-    seen: dict[Problem, None] = {}  # insertion-ordered set
-    for index in range(100 * count + 10_000):
-        if len(seen) == count:
-            break
-        seen.setdefault(_problem_in_split("eval", index, EVAL_STREAM_SEED, digits, True), None)
-    if len(seen) < count:
-        raise ValueError(f"cannot draw {count} distinct held-out problems for digits {digits}")
-    return [problem.row() for problem in seen]
+    return [problem.row() for problem in _distinct_held_out(count, _check_digits(digits))]
 
 
 def carry_free_sum(a: int, b: int) -> int:

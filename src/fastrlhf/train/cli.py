@@ -1,7 +1,8 @@
 """`fastrlhf train` and `fastrlhf eval`.
 
     fastrlhf train [CONFIG.yaml] [key=value ...] [--resume RUN_DIR]
-    fastrlhf eval MODEL_DIR [--task arithmetic|preference] [--reference DIR] [--digits 1 2 3] [--eval-size 200]
+    fastrlhf eval MODEL_DIR [--task arithmetic|preference|worked_addition] [--reference DIR] [--digits 1 2 3]
+                  [--eval-size 200]
 
 With no arguments `train` runs the embedded default job (the built-in arithmetic task from the
 shipped tiny SFT policy). A bad config or input fails before any file is written; a run that fails
@@ -29,11 +30,13 @@ def register(subparsers) -> None:
 
     e = subparsers.add_parser("eval", help="held-out evaluation of a model directory on a built-in task")
     e.add_argument("model_dir", help="an HF model directory (e.g. RUN_DIR/final or a checkpoint)")
-    e.add_argument("--task", choices=("arithmetic", "preference"), default="arithmetic",
-                   help="arithmetic: greedy accuracy; preference: gold reward and KL to the reference")
+    e.add_argument("--task", choices=("arithmetic", "preference", "worked_addition"), default="arithmetic",
+                   help="arithmetic, worked_addition: greedy accuracy and response length; preference: gold reward "
+                        "and KL to the reference")
     e.add_argument("--reference", metavar="DIR", help="preference: the policy KL is measured to "
                                                        "(default: the task's shipped SFT policy)")
-    e.add_argument("--digits", type=int, nargs="+", default=None, help="arithmetic: operand digit counts")
+    e.add_argument("--digits", type=int, nargs="+", default=None,
+                   help="arithmetic, worked_addition: operand digit counts (default: the task's)")
     e.add_argument("--eval-size", type=int, default=200, help="number of held-out prompts")
     e.set_defaults(func=run_eval)
 
@@ -126,10 +129,17 @@ def run_eval(args: argparse.Namespace) -> int:
               f"KL to reference {m['eval/kl']:.3f} nats, learned-RM reward {m['eval/reward']:.3f} "
               f"on {len(rows)} held-out prompts")
         return 0
-    from fastrlhf.tasks import arithmetic
+    from fastrlhf.tasks import arithmetic, task_max_new_tokens, worked_addition
 
-    rows = arithmetic.eval_rows(args.eval_size, tuple(args.digits or arithmetic.DEFAULT_DIGITS))
-    metrics = evaluate(model, tokenizer, rows, arithmetic.reward, ("answer",), max_new_tokens=8)
+    try:
+        if args.task == "worked_addition":
+            rows = worked_addition.eval_rows(args.eval_size, tuple(args.digits) if args.digits else None)
+        else:
+            rows = arithmetic.eval_rows(args.eval_size, tuple(args.digits or arithmetic.DEFAULT_DIGITS))
+    except ValueError as exc:
+        raise UserError(f"--digits / --eval-size: {exc}") from None
+    task = worked_addition if args.task == "worked_addition" else arithmetic
+    metrics = evaluate(model, tokenizer, rows, task.reward, ("answer",), max_new_tokens=task_max_new_tokens(args.task))
     print(f"{args.model_dir}: held-out accuracy {metrics['eval/reward']:.3f} on {len(rows)} problems "
           f"(mean response length {metrics['eval/response_length']:.1f} tokens)")
     return 0

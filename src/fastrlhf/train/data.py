@@ -2,8 +2,8 @@
 
 A `PromptSource` hands out rows by absolute position in an endless stream, so a resumed run
 continues exactly where it stopped (the position is saved in checkpoints):
-- built-in arithmetic / preference: row i of the task's seeded training stream (held-out rows never
-  appear in it);
+- built-in arithmetic / preference / worked_addition: row i of the task's seeded training stream
+  (held-out rows never appear in it); `BUILTIN_SOURCES` maps each task name to its builder;
 - JSONL (prompts or preference pairs): epoch e = position // len(rows) is a seeded permutation of
   the file's rows.
 Fields other than "prompt" reach the reward function as keyword lists (TRL's convention).
@@ -36,7 +36,7 @@ class PromptSource:
     reward: object  # a callable, or a reward spec string (see module docstring)
     field_names: tuple[str, ...]  # extra row fields the reward function receives
     eval_rows: list[dict]  # held-out rows (may be empty)
-    name: str  # "arithmetic", "preference", or the JSONL path
+    name: str  # a built-in task name ("arithmetic", ...) or the JSONL path
 
 
 def epoch_stream(rows: list[dict], seed: int) -> Callable[[int, int], list[dict]]:
@@ -52,18 +52,30 @@ def epoch_stream(rows: list[dict], seed: int) -> Callable[[int, int], list[dict]
     return rows_at
 
 
-def arithmetic_source(digits, seed: int, eval_size: int, reward: str | None) -> PromptSource:
-    digits = tuple(digits or arithmetic.DEFAULT_DIGITS)
+def arithmetic_source(task, seed: int) -> PromptSource:
+    digits = tuple(task.digits or arithmetic.DEFAULT_DIGITS)
     return PromptSource(
         rows_at=lambda position, count: arithmetic.train_rows(position, count, seed, digits),
-        reward=reward or arithmetic.reward, field_names=("answer",),
-        eval_rows=arithmetic.eval_rows(eval_size, digits), name="arithmetic",
+        reward=task.reward or arithmetic.reward, field_names=("answer",),
+        eval_rows=arithmetic.eval_rows(task.eval_size, digits), name="arithmetic",
     )
 
 
-def preference_source(seed: int, eval_size: int, reward: str | None) -> PromptSource:
+def worked_addition_source(task, seed: int) -> PromptSource:
+    from fastrlhf.tasks import worked_addition
+
+    digits = tuple(task.digits) if task.digits else None  # None: the task's long-tailed sizes
+    return PromptSource(
+        rows_at=lambda position, count: worked_addition.train_rows(position, count, seed, digits),
+        reward=task.reward or worked_addition.reward, field_names=("answer",),
+        eval_rows=worked_addition.eval_rows(task.eval_size, digits), name="worked_addition",
+    )
+
+
+def preference_source(task, seed: int) -> PromptSource:
     from fastrlhf.tasks import preference
 
+    eval_size, reward = task.eval_size, task.reward
     return PromptSource(
         rows_at=lambda position, count: preference.train_rows(position, count, seed),
         reward=reward or str(preference.reward_model_dir()), field_names=("digits",),
@@ -107,9 +119,13 @@ def prompt_source(task, seed: int, pairs: bool = False) -> PromptSource:
         return pairs_source(task, seed)
     if task.prompts:
         return jsonl_source(task.prompts, task.reward, seed)
-    if task.name == "preference":
-        return preference_source(seed, task.eval_size, task.reward)
-    return arithmetic_source(task.digits, seed, task.eval_size, task.reward)
+    return BUILTIN_SOURCES[task.name](task, seed)
+
+
+# built-in task name -> builder(task section, seed); config checks task.name against tasks.BUILTIN_TASKS
+BUILTIN_SOURCES: dict[str, Callable[..., PromptSource]] = {
+    "arithmetic": arithmetic_source, "preference": preference_source, "worked_addition": worked_addition_source,
+}
 
 
 # ---------------------------------------------------------------------------- iteration data

@@ -62,15 +62,33 @@ def resolve_device(name: str) -> torch.device:
 
 
 def model_directory(config: Config) -> Path:
+    """`model.path`, or for "builtin" the shipped starting policy of `task.name` (`BUILTIN_POLICIES`)."""
     if config.model.path == "builtin":
-        if config.task.name == "preference":
-            from fastrlhf.tasks.preference import policy_dir
-
-            return policy_dir()
-        from fastrlhf.tasks.builtin_policy import builtin_policy_dir
-
-        return builtin_policy_dir()
+        return BUILTIN_POLICIES[config.task.name]()
     return Path(config.model.path)
+
+
+def _preference_policy() -> Path:
+    from fastrlhf.tasks.preference import policy_dir
+
+    return policy_dir()
+
+
+def _arithmetic_policy() -> Path:
+    from fastrlhf.tasks.builtin_policy import builtin_policy_dir
+
+    return builtin_policy_dir()
+
+
+def _worked_addition_policy() -> Path:
+    from fastrlhf.tasks.builtin_policy import worked_policy_dir
+
+    return worked_policy_dir()
+
+
+# built-in task name -> its shipped policy directory (model.path=builtin)
+BUILTIN_POLICIES = {"arithmetic": _arithmetic_policy, "preference": _preference_policy,
+                    "worked_addition": _worked_addition_policy}
 
 
 def make_speculation(config: Config, model, params: SamplingParams) -> RolloutSpeculation:

@@ -86,6 +86,9 @@ class AdaptiveSpeculator(Speculator):
         for drafter in self.others.values():
             drafter.reset()
 
+    def drafters_with_memory(self) -> list:
+        return [d for d in self.drafters.values() if hasattr(d, "extend")]
+
     def decode(self, engine, active: list[int]) -> None:
         if self.profile_at_start and batch_bucket(len(active)) > self.profiled_up_to:
             self.profile(engine, active)

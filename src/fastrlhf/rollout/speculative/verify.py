@@ -78,6 +78,7 @@ class Speculator:
     stats: SpecStats = field(default_factory=SpecStats)
     _indexed: dict[tuple[int, int], int] = field(default_factory=dict)  # (drafter id, seq_id) → tokens given to it
     _call: int = 0  # generate calls so far: documents are (call, seq_id), groups the prompt's tokens
+    _remembered: int = 0  # responses given by `remember` so far (their document keys)
 
     def begin(self) -> None:
         """A new generate call: sequence ids restart, so documents get this call's number."""
@@ -87,6 +88,19 @@ class Speculator:
 
     def decode(self, engine, active: list[int]) -> None:
         self.verify_with(self.drafter, self.gamma, engine, active)
+
+    def drafters_with_memory(self) -> list:
+        """The drafters that learn text (`extend`): those earlier responses can help."""
+        return [self.drafter] if hasattr(self.drafter, "extend") else []
+
+    def remember(self, responses) -> None:
+        """Give the text-learning drafters earlier responses, (prompt ids, response ids) pairs — e.g.
+        the previous epoch's rollouts of the prompts about to be generated. A training run does not
+        need this: the responses of its own earlier generate calls are kept automatically."""
+        for drafter in self.drafters_with_memory():
+            for i, (prompt, response) in enumerate(responses):
+                drafter.extend(tuple(prompt), ("remembered", self._remembered + i), list(prompt) + list(response))
+        self._remembered += len(responses)
 
     def verify_with(self, drafter, gamma: int, engine, active: list[int]) -> None:
         """One draft + verification pass with `drafter` at draft length `gamma` for the running slots."""
