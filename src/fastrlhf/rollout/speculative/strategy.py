@@ -6,7 +6,14 @@ and costs t_d(B, 1 + γ) seconds for B running sequences (drafting + verificatio
 decoding, E = 1, no drafter). The step takes the (d, γ) maximising committed tokens per second,
 B·E(α_d, γ) / t_d(B, 1 + γ).
 
-- α_d: per drafter, an exponential moving average of accepted / drafted over its passes (prior 0.5).
+- α_d: per drafter, an exponential moving average of its per-draft acceptance (SpecStats:
+  accepted / (accepted + rejected), the chance a draft is accepted given the earlier ones were;
+  prior 0.5), each step weighted by its evidence: smoothing × min(1, judged drafts / `evidence_drafts`), so a
+  tail step with one sequence moves it little. An estimate would freeze once plain decoding wins
+  (nothing drafts, nothing is learnt) — e.g. after a first epoch of unseen prompts, when the next
+  epoch's earlier responses make drafting pay. So every `shadow_every`-th plain step asks each
+  deterministic drafter (n-gram: no model call) for a one-token draft per sequence and compares it
+  with the token plain decoding sampled: a free acceptance sample that keeps α_d current.
 - t_d(B, T) = verify(B, T) + draft_d(B, γ): the actor's forward and the drafter's work, kept apart
   because they generalise differently. verify(B, T) (and plain decoding, T = 1) is profiled at
   start-up: at its first step the speculator times the verification forward for every B bucket
@@ -66,7 +73,11 @@ class AdaptiveSpeculator(Speculator):
     per_drafter: dict[str, SpecStats] = field(default_factory=dict)
     chosen: list[int] = field(default_factory=list)  # γ per step (for logs and tests)
     chosen_drafters: list[str] = field(default_factory=list)  # drafter per step (PLAIN for γ = 0)
+    chosen_batches: list[int] = field(default_factory=list)  # running sequences per step
     profile_at_start: bool = True
+    evidence_drafts: int = 16  # drafts judged in a step for the acceptance EMA's full weight
+    shadow_every: int = 8  # plain steps between shadow acceptance samples of deterministic drafters
+    _plain_steps: int = 0
     _drafting: float = 0.0  # drafting seconds of the current step
     profiled_up_to: int = 0  # largest B bucket profiled so far
 
@@ -95,28 +106,56 @@ class AdaptiveSpeculator(Speculator):
         name, gamma = self.choose(len(active))
         self.chosen.append(gamma)
         self.chosen_drafters.append(name)
+        self.chosen_batches.append(len(active))
         self.gamma = gamma
         before = SpecStats(**self.stats.__dict__)
         self._drafting = 0.0
-        started = self.clock()
-        if gamma == 0:
-            engine.decode_one(active)
-        else:
-            self.verify_with(self.drafters[name], gamma, engine, active)
-        total = self.clock() - started
         bucket = batch_bucket(len(active))
         if gamma == 0:
-            _ema(self.seconds, (PLAIN, bucket, 1), total, self.smoothing)
-        else:
-            _ema(self.seconds, (VERIFY, bucket, 1 + gamma), total - self._drafting, self.smoothing)
-            _ema(self.draft_seconds, (name, bucket, gamma), self._drafting, self.smoothing)
-        if gamma:
-            delta = SpecStats(**{k: v - before.__dict__[k] for k, v in self.stats.__dict__.items()})
-            mine = self.per_drafter[name]
-            for k, v in delta.__dict__.items():
-                setattr(mine, k, getattr(mine, k) + v)
-            if delta.drafted:
-                self.alphas[name] += self.smoothing * (delta.accepted / delta.drafted - self.alphas[name])
+            self._plain_steps += 1
+            shadow = self._shadow_drafts(engine, active) if self._plain_steps % self.shadow_every == 0 else {}
+            started = self.clock()
+            engine.decode_one(active)
+            _ema(self.seconds, (PLAIN, bucket, 1), self.clock() - started, self.smoothing)
+            self._score_shadow(engine, shadow)
+            return
+        started = self.clock()
+        self.verify_with(self.drafters[name], gamma, engine, active)
+        total = self.clock() - started
+        _ema(self.seconds, (VERIFY, bucket, 1 + gamma), total - self._drafting, self.smoothing)
+        _ema(self.draft_seconds, (name, bucket, gamma), self._drafting, self.smoothing)
+        delta = SpecStats(**{k: v - before.__dict__[k] for k, v in self.stats.__dict__.items()})
+        mine = self.per_drafter[name]
+        for k, v in delta.__dict__.items():
+            setattr(mine, k, getattr(mine, k) + v)
+        self._update_alpha(name, delta.accepted, delta.accepted + delta.rejected)
+
+    def _update_alpha(self, name: str, accepted: int, judged: int) -> None:
+        if judged:
+            weight = self.smoothing * min(1.0, judged / self.evidence_drafts)
+            self.alphas[name] += weight * (accepted / judged - self.alphas[name])
+
+    def _shadow_drafts(self, engine, active: list[int]) -> dict[str, list[tuple[int, int, int]]]:
+        """Deterministic drafter → [(slot, output index, drafted token)] for a plain step."""
+        out = {}
+        for name, drafter in self.drafters.items():
+            if not hasattr(drafter, "propose"):
+                continue
+            rows = []
+            for slot in active:
+                seq = engine.scheduler.running[slot]
+                context = self._context(engine, seq)
+                draft = self._propose(drafter, seq, context, 1)
+                if draft:
+                    rows.append((slot, len(context) - len(seq.prompt_ids), draft[0]))
+            out[name] = rows
+        return out
+
+    def _score_shadow(self, engine, shadow) -> None:
+        for name, rows in shadow.items():
+            if rows:
+                sampled = engine.out_tokens[[r[0] for r in rows], [r[1] for r in rows]].tolist()
+                self._update_alpha(name, sum(t == r[2] for t, r in zip(sampled, rows)), len(rows))
 
     def _drafts(self, drafter, gamma, engine, slots, seqs):
         started = self.clock()

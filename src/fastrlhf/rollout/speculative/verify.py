@@ -37,13 +37,23 @@ from fastrlhf.rollout.speculative.acceptance import accept_by_comparison, accept
 @dataclass
 class SpecStats:
     passes: int = 0  # sequence-verifications (one per running sequence per verification forward)
-    drafted: int = 0  # draft tokens proposed
+    drafted: int = 0  # draft tokens judged (proposed, minus those past a stop on an accepted draft)
     accepted: int = 0  # draft tokens accepted and committed (not those past a stop)
+    rejected: int = 0  # sequence-verifications that ended on a rejected draft (at most one each)
     committed: int = 0  # tokens committed (accepted + one sampled per pass, fewer at a stop)
 
     @property
     def acceptance(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def per_draft_acceptance(self) -> float:
+        """α of E(α, γ) (strategy.py): the chance that a draft is accepted *given* that the ones before
+        it were. Each judged draft is a trial — accepted ones succeed, the first rejected one fails,
+        the drafts after it are never judged — so α = accepted / (accepted + rejected). (accepted /
+        drafted counts the unjudged drafts as failures and underestimates α for γ > 1.)"""
+        trials = self.accepted + self.rejected
+        return self.accepted / trials if trials else 0.0
 
     @property
     def tokens_per_pass(self) -> float:
@@ -150,8 +160,7 @@ class Speculator:
 
     def _commit(self, engine, slots, seqs, y, logp, n_commit, draft_len) -> None:
         self.stats.passes += len(seqs)
-        self.stats.drafted += int(draft_len.sum())
-        committed_before = self.stats.committed
+        committed = torch.zeros(len(seqs), dtype=torch.long, device=engine.device)  # per row
         alive = torch.ones(len(seqs), dtype=torch.bool, device=engine.device)
         for t in range(int(n_commit.max())):
             rows = alive & (t < n_commit)
@@ -159,8 +168,13 @@ class Speculator:
                 break
             engine.lengths[slots[rows]] += 1  # the token fed at this position is now part of the sequence
             done = engine._commit(slots[rows], y[rows, t], logp[rows, t])
-            self.stats.committed += int(rows.sum())
+            committed[rows] += 1
             alive[rows.nonzero().squeeze(1)[done]] = False
-        # accepted = drafts that became part of a sequence: a draft "accepted" after the sequence
-        # stopped (e.g. past its EOS) saved nothing, so it does not count
-        self.stats.accepted += self.stats.committed - committed_before - len(seqs)
+        # accepted = drafts that became part of a sequence. A row that stopped on an accepted draft
+        # (its EOS) never had its later drafts judged: they are moot, neither accepted nor drafted,
+        # so acceptance measures how often the drafter is right, not where sequences end
+        stopped_early = committed < n_commit
+        self.stats.rejected += int((~stopped_early & (committed - 1 < draft_len)).sum())
+        self.stats.committed += int(committed.sum())
+        self.stats.accepted += int(committed.sum()) - len(seqs)
+        self.stats.drafted += int(torch.where(stopped_early, committed - 1, draft_len).sum())
