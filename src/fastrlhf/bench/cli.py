@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     r.add_argument("--new-tokens", type=int, default=None,
                    help="new tokens per sequence (default 128; with --speculative the task's: 96 worked_addition, 16 arithmetic)")
     r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--warmups", type=int, default=1,
+                   help="--speculative: untimed rounds before the timed ones (the adaptive strategy profiles and explores in them)")
     r.add_argument("--compile", choices=["off", "on", "both"], default="off",
                    help="torch.compile our decode step (cold compiles take minutes on CPU)")
     r.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -76,8 +78,10 @@ def run_speculative(args: argparse.Namespace, command: str) -> int:
 
     if args.distill_epochs < 0:
         raise UserError("--distill-epochs must be ≥ 0")
+    if args.warmups < 0:
+        raise UserError("--warmups must be ≥ 0")
     spec = SpecBenchSpec(batch_sizes=tuple(args.batch_sizes), task=args.task, new_tokens=args.new_tokens, repeats=args.repeats,
-                         gammas=tuple(args.gammas), draft_layers=args.draft_layers, distill_epochs=args.distill_epochs,
+                         warmups=args.warmups, gammas=tuple(args.gammas), draft_layers=args.draft_layers, distill_epochs=args.distill_epochs,
                          threads=args.threads, seen_prompts=args.seen_prompts)
     print(f"benchmarking speculative rollouts: batch sizes {spec.batch_sizes}, γ {spec.gammas}, {spec.repeats} repeats", file=sys.stderr)
     rows, info = run(spec, log=lambda line: print(line, file=sys.stderr))

@@ -28,7 +28,7 @@ Methods, all on the same prompts and seeds, in one process:
 The draft model is the policy truncated to `draft_layers` layers and, unless `distill_epochs` = 0,
 distilled (distill.py) on the policy's own rollouts of *other* prompts (a different seed).
 
-Per batch size: one untimed warm-up per method, then `repeats` timed runs with the methods
+Per batch size: `warmups` untimed rounds (default 1), then `repeats` timed runs with the methods
 interleaved so drift hits all equally; tokens/s = generated tokens / wall seconds (medians), with
 each method's acceptance and committed tokens per sequence-verification. Sanity checked in the
 run: n-gram methods must return exactly plain's tokens (deterministic drafter).
@@ -83,6 +83,7 @@ class SpecBenchSpec:
     task: str = "worked_addition"  # a WORKLOADS key
     new_tokens: int | None = None  # None: the workload's default
     repeats: int = 3
+    warmups: int = 1  # untimed rounds first: the adaptive speculator profiles and explores in them
     gammas: tuple[int, ...] = (1, 2, 4, 8)
     draft_layers: int = 1
     distill_epochs: int = 20
@@ -198,9 +199,10 @@ def run(spec: SpecBenchSpec, log=print) -> tuple[list[SpecRow], dict]:
         # speculator per run): its start-up profile happens in the untimed warm-up
         adaptive = table["adaptive"]()
         factories = {**table, "adaptive": lambda: _fresh_stats(adaptive)}
-        for repeat in range(spec.repeats + 1):  # repeat 0: warm-up, untimed
+        for round_ in range(spec.warmups + spec.repeats):
+            repeat = max(round_ - spec.warmups + 1, 0)  # 0: warm-up, untimed
             # new prompts every repeat (as every RL step has), the same for every method
-            prompts = grpo_prompts(spec.task, tokenizer, slots // GROUP, seed=spec.seed + 1000 * batch + repeat)
+            prompts = grpo_prompts(spec.task, tokenizer, slots // GROUP, seed=spec.seed + 1000 * batch + round_)
             history = None
             if spec.seen_prompts:  # "last epoch's" rollouts: the same prompts, another seed, untimed
                 earlier = sampling(spec, tokenizer, seed=spec.seed + 7919)
@@ -242,7 +244,7 @@ def markdown_table(rows: list[SpecRow], spec: SpecBenchSpec, info: dict, command
            else "First-epoch scenario: no earlier responses to these prompts. ")
         + f"Draft: the policy's first {spec.draft_layers} layer(s)"
         + (f", distilled {spec.distill_epochs} epochs on its own rollouts of other prompts" if spec.distill_epochs else "")
-        + f". torch {info['torch']}, {info['threads']} threads. Medians of {spec.repeats} repeats (methods interleaved).",
+        + f". torch {info['torch']}, {info['threads']} threads. Medians of {spec.repeats} repeats after {spec.warmups} untimed round(s) (methods interleaved).",
         "",
         f"Command: `{command}`",
         "",
