@@ -84,7 +84,7 @@ def test_draft_layers_default_to_half_and_must_be_fewer_than_the_actor():
 
 def test_refresh_moves_the_draft_towards_the_actor_without_touching_the_actor_or_the_global_rng(tiny_policy):
     from fastrlhf.model.hf_io import load_model
-    from fastrlhf.train.workers import pack_sequences
+    from fastrlhf.train.padding import pack_sequences
 
     actor = load_model(tiny_policy)
     before_actor = {k: v.clone() for k, v in actor.state_dict().items()}

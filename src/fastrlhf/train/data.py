@@ -139,7 +139,7 @@ def pair_batch(rows: list[dict], tokenizer) -> Batch:
 
     sequences / attention_mask / response_mask [2P, T], right-padded (algorithms/graphs.py fields).
     """
-    from fastrlhf.train.workers import pack_sequences
+    from fastrlhf.train.padding import pack_sequences
 
     eos = tokenizer.eos_token_id
     if eos is None:

@@ -59,7 +59,7 @@ def evaluate_preference(model: CausalLM, tokenizer: Tokenizer, rows: list[dict],
                         num_slots: int = 128) -> dict[str, float]:
     """Gold reward, KL to `reference` and training reward of sampled completions (module docstring)."""
     from fastrlhf.tasks.preference import gold_reward
-    from fastrlhf.train.workers import pack_sequences
+    from fastrlhf.train.padding import pack_sequences
 
     if not rows:
         return {}

@@ -34,6 +34,7 @@ from fastrlhf.algorithms.losses.reward_model import bradley_terry_loss
 from fastrlhf.model.decoder import CausalLM
 from fastrlhf.model.heads import with_score_head
 from fastrlhf.train.optim import Decay, build_optimizer, build_scheduler
+from fastrlhf.train.padding import pack_sequences
 from fastrlhf.train.sft import batch_indices
 
 PairIds = tuple[list[int], list[int]]  # (chosen row ids, rejected row ids), each prompt + completion + EOS
@@ -64,13 +65,8 @@ def encode_row(tokenizer, prompt: str, completion: str) -> list[int]:
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded input_ids [B, T], attention_mask [B, T] and last_index [B] (last real token)."""
-    T = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, ids in enumerate(rows):
-        input_ids[i, :len(ids)] = torch.tensor(list(ids))
-        attention_mask[i, :len(ids)] = 1
-    last_index = torch.tensor([len(r) - 1 for r in rows])
+    input_ids, attention_mask, _ = pack_sequences(rows, [()] * len(rows), pad_id)
+    last_index = attention_mask.sum(1) - 1
     return input_ids.to(device), attention_mask.to(device), last_index.to(device)
 
 

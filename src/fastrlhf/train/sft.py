@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from fastrlhf.model.decoder import CausalLM
 from fastrlhf.train.optim import Decay, build_optimizer, build_scheduler
+from fastrlhf.train.padding import pack_sequences
 
 Example = tuple[list[int], list[int]]  # (prompt_ids, response_ids)
 
@@ -64,18 +65,10 @@ def response_nll(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: t
 
 
 def collate(examples: Sequence[Example], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Right-padded `input_ids`, `attention_mask` and `response_mask`, each [B, T_max]."""
-    T = max(len(p) + len(r) for p, r in examples)
-    input_ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(len(examples), T, dtype=torch.long)
-    response_mask = torch.zeros(len(examples), T, dtype=torch.long)
-    for i, (prompt, response) in enumerate(examples):
-        n_p, n = len(prompt), len(prompt) + len(response)
-        input_ids[i, :n] = torch.tensor(list(prompt) + list(response))
-        attention_mask[i, :n] = 1
-        response_mask[i, n_p:n] = 1
-    return {k: v.to(device) for k, v in
-            {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}.items()}
+    """Right-padded `input_ids`, `attention_mask` and `response_mask`, each [B, T_max] (padding.py)."""
+    input_ids, attention_mask, response_mask = pack_sequences([p for p, _ in examples], [r for _, r in examples], pad_id)
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
+            "response_mask": response_mask.to(device)}
 
 
 def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> list[int]:

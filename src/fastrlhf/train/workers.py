@@ -30,23 +30,10 @@ from fastrlhf.model.tokenizer import Tokenizer
 from fastrlhf.rollout.engine import RolloutEngine
 from fastrlhf.rollout.sampler import SamplingParams
 from fastrlhf.train.logprobs import sequence_logprobs
+from fastrlhf.train.padding import pack_sequences
 
 
 MODEL_DISTRIBUTION = SamplingParams(temperature=1.0)  # the model's own softmax: no temperature, no filtering
-
-
-def pack_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
-    """Right-padded [prompt + response] rows → sequences, attention_mask, response_mask [N, T]."""
-    T = max(len(p) + len(r) for p, r in zip(prompts, responses))
-    N = len(prompts)
-    sequences = torch.full((N, T), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(N, T, dtype=torch.long)
-    response_mask = torch.zeros(N, T, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        sequences[i, : len(p) + len(r)] = torch.tensor(p + r)
-        attention_mask[i, : len(p) + len(r)] = 1
-        response_mask[i, len(p) : len(p) + len(r)] = 1
-    return sequences, attention_mask, response_mask
 
 
 class ActorWorker:
