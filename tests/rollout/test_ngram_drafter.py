@@ -81,3 +81,15 @@ def test_remembered_responses_draft_for_the_same_prompt_only():
     assert drafter.propose((1, 2), [1, 2], gamma=3) == [7, 8, 6]
     assert drafter.propose((4, 2), [4, 2, 5], gamma=1) == [5]
     assert drafter.propose((9,), [1, 2], gamma=2) == []
+
+
+def test_memory_is_bounded_by_tokens_as_well_as_prompts():
+    d = NGramDrafter(n_max=6, max_tokens=10)
+    d.extend("p1", 0, [1, 2, 3, 4, 5, 6])
+    d.extend("p2", 0, [7, 8, 9, 10, 11, 12])
+    assert d.tokens == 12
+    d.reset()  # over 10 tokens: the least recently used prompt goes
+    assert d.tokens == 6 and d.propose("p1", [1, 2], gamma=2) == [] and d.propose("p2", [7], gamma=2) == [8, 9]
+    d.extend("p2", 1, list(range(20, 40)))  # one prompt alone over the bound is kept (its call is running)
+    d.reset()
+    assert d.propose("p2", [7], gamma=1) == [8]

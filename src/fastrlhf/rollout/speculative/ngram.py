@@ -22,7 +22,9 @@ documents grow (an n-gram ending at the document's end is indexed once the next 
 Groups and documents are any hashable keys: the verifier uses the prompt's token ids as the group and
 (generate call, sequence id) as the document, so the responses to a prompt from *earlier* generate
 calls (earlier RL steps, earlier epochs) stay available to its new samples. `reset()` (called at the
-start of each generate call) keeps the `max_groups` most recently used prompts and evicts the rest.
+start of each generate call) keeps the most recently used prompts — at most `max_groups` of them and
+at most `max_tokens` document tokens in all (each token costs about K + 1 dict / list entries, a few
+hundred bytes: the default 1M tokens is a few hundred MB) — and evicts the rest.
 
 Left out: weighting recent responses above old ones beyond "the most recent occurrence wins". The
 verifier is speculative/verify.py; the stochastic alternative is draft_model.py.
@@ -40,12 +42,15 @@ SHORT = 4  # longest n-gram kept in the latest-occurrence dict
 class NGramDrafter:
     name = "ngram"
 
-    def __init__(self, n_max: int = 12, n_min: int = 1, max_groups: int = 4096, max_candidates: int = 32):
+    def __init__(self, n_max: int = 12, n_min: int = 1, max_groups: int = 4096, max_candidates: int = 32,
+                 max_tokens: int = 1_000_000):
         if not 1 <= n_min <= n_max:
             raise ValueError(f"need 1 ≤ n_min ≤ n_max, got n_min={n_min}, n_max={n_max}")
         self.n_max, self.n_min, self.max_groups, self.max_candidates = n_max, n_min, max_groups, max_candidates
+        self.max_tokens = max_tokens
+        self.tokens = 0  # document tokens held, all groups
         self.k = max(n_min, min(n_max, SHORT))  # K: the short index's longest n, the long index's key
-        self.docs: dict[tuple[Hashable, Hashable], list[int]] = {}  # (group, doc) → tokens
+        self.docs: dict[Hashable, dict[Hashable, list[int]]] = defaultdict(dict)  # group → doc → tokens
         self.index: dict[Hashable, dict[tuple[int, ...], tuple[Hashable, int]]] = defaultdict(dict)  # group → n-gram → (doc, end)
         self.places: dict[Hashable, dict[tuple[int, ...], list]] = defaultdict(dict)  # group → K-gram → [(doc, end), ...]
         self.recent: OrderedDict[Hashable, None] = OrderedDict()  # groups, least recently used first
@@ -55,9 +60,10 @@ class NGramDrafter:
         sequence itself) and index every n-gram that now has a continuation (an n-gram ending at
         the document's end is indexed once the next token arrives)."""
         self._touch(group)
-        text = self.docs.setdefault((group, doc), [])
+        text = self.docs[group].setdefault(doc, [])
         start = len(text)
         text.extend(tokens)
+        self.tokens += len(tokens)
         index, places, k = self.index[group], self.places[group], self.k
         for end in range(max(start, 1), len(text)):
             for n in range(self.n_min, min(k, end) + 1):
@@ -72,13 +78,13 @@ class NGramDrafter:
             hit = self._longest(group, context)
             if hit is not None:
                 doc, end = hit
-                return list(self.docs[(group, doc)][end:end + gamma])
+                return list(self.docs[group][doc][end:end + gamma])
         index = self.index.get(group, {})
         for n in range(min(self.k, len(context)), self.n_min - 1, -1):
             hit = index.get(tuple(context[-n:]))
             if hit is not None:
                 doc, end = hit
-                return list(self.docs[(group, doc)][end:end + gamma])
+                return list(self.docs[group][doc][end:end + gamma])
         return []
 
     def _longest(self, group: Hashable, context: list[int]) -> tuple[Hashable, int] | None:
@@ -91,7 +97,7 @@ class NGramDrafter:
         best, best_n = None, -1
         limit = min(self.n_max, len(context))
         for doc, end in reversed(occurrences[-self.max_candidates:]):
-            text, n = self.docs[(group, doc)], k
+            text, n = self.docs[group][doc], k
             while n < limit and end - n - 1 >= 0 and text[end - n - 1] == context[-n - 1]:
                 n += 1
             if n > best_n:
@@ -101,8 +107,9 @@ class NGramDrafter:
         return best
 
     def reset(self) -> None:
-        """A new generate call: keep the `max_groups` most recently used prompts, forget the rest."""
-        while len(self.recent) > self.max_groups:
+        """A new generate call: keep the most recently used prompts within `max_groups` and
+        `max_tokens`, forget the rest."""
+        while len(self.recent) > self.max_groups or (self.tokens > self.max_tokens and len(self.recent) > 1):
             self.forget(next(iter(self.recent)))
 
     def forget(self, group: Hashable) -> None:
@@ -110,8 +117,7 @@ class NGramDrafter:
         self.index.pop(group, None)
         self.places.pop(group, None)
         self.recent.pop(group, None)
-        for key in [k for k in self.docs if k[0] == group]:
-            del self.docs[key]
+        self.tokens -= sum(map(len, self.docs.pop(group, {}).values()))
 
     def _touch(self, group: Hashable) -> None:
         self.recent[group] = None
