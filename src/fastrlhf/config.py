@@ -70,6 +70,10 @@ class TaskSection:
     digits: list[int] | None = option(None, "operand sizes (digits) of the built-in arithmetic / worked_addition "
                                             "task, drawn uniformly; unset: the task's default ([1, 2, 3] for "
                                             "arithmetic, long-tailed 1..8 for worked_addition)", positive_list)
+    train_size: int | None = option(None, "built-in tasks: train on only the first N training prompts, in seeded "
+                                          "epochs (a finite dataset: prompts come back every N / "
+                                          "train.prompts_per_step steps); unset: an endless stream of fresh prompts",
+                                    at_least(1))
     eval_size: int = option(200, "held-out prompts used for evaluation", at_least(1))
     reward_batch_size: int = option(64, "completions per request to an HTTP reward server", at_least(1))
     reward_timeout: float = option(30.0, "seconds before an HTTP reward request is retried", greater_than(0.0))

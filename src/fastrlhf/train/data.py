@@ -3,7 +3,8 @@
 A `PromptSource` hands out rows by absolute position in an endless stream, so a resumed run
 continues exactly where it stopped (the position is saved in checkpoints):
 - built-in arithmetic / preference / worked_addition: row i of the task's seeded training stream
-  (held-out rows never appear in it); `BUILTIN_SOURCES` maps each task name to its builder;
+  (held-out rows never appear in it), or with `task.train_size` = N its first N rows in seeded epochs
+  (like a JSONL file); `BUILTIN_SOURCES` maps each task name to its builder;
 - JSONL (prompts or preference pairs): epoch e = position // len(rows) is a seeded permutation of
   the file's rows.
 Fields other than "prompt" reach the reward function as keyword lists (TRL's convention).
@@ -119,7 +120,10 @@ def prompt_source(task, seed: int, pairs: bool = False) -> PromptSource:
         return pairs_source(task, seed)
     if task.prompts:
         return jsonl_source(task.prompts, task.reward, seed)
-    return BUILTIN_SOURCES[task.name](task, seed)
+    source = BUILTIN_SOURCES[task.name](task, seed)
+    if task.train_size:  # a finite dataset: the stream's first N rows, in seeded epochs
+        source.rows_at = epoch_stream(source.rows_at(0, task.train_size), seed)
+    return source
 
 
 # built-in task name -> builder(task section, seed); config checks task.name against tasks.BUILTIN_TASKS
