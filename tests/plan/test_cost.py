@@ -1,6 +1,8 @@
 """Time formulas on the toy accelerator: peak 1e12 x eff 0.5, memory 1e9 x 0.5, NVLink 1e9 B/s,
 IB 1e8 B/s, latencies 1 us / 10 us."""
 
+import math
+
 import pytest
 
 from fastrlhf.plan import cost
@@ -89,17 +91,33 @@ def test_realloc_reload_transfer(tiny, toy_acc):
     assert cost.transfer_time(4000, Mesh(0, 2), Mesh(2, 1), toy_acc, True) == pytest.approx(1e-6 + 4e-6)
 
 
-def test_head_gemm_rate_and_sampler_terms(tiny, toy_acc):
+def test_half_rows_by_weight_bytes_and_sampler_terms(tiny, toy_acc):
     import dataclasses
 
-    # hand count: F(3) = 2 * (2 layers * 576 + head 80) + 4 * 2 * 8 * 3 = 2656, head 2 * 80 = 160
-    acc = dataclasses.replace(toy_acc, gemm_half_rows=10.0, head_half_rows=30.0)
-    body_rate, head_rate = 0.5e12 * 10 / 20, 0.5e12 * 10 / 40
-    assert cost.matmul_time(tiny, acc, 10, 10, 3) == pytest.approx(10 * (2496 / body_rate + 160 / head_rate))
-    # the GPU default (head t_half = body t_half) is one curve for all FLOPs
-    assert cost.matmul_time(tiny, toy_acc, 10, 10, 3) == pytest.approx(10 * 2656 / cost.gemm_rate(toy_acc, 10))
+    table = ((1e3, 10.0), (1e5, 30.0))  # t_half 10 at <= 1 kB of weights, 30 at >= 100 kB
+    acc = dataclasses.replace(toy_acc, half_rows_by_bytes=table)
+    assert cost.half_rows(acc, 10.0) == 10.0 and cost.half_rows(acc, 1e7) == 30.0
+    assert cost.half_rows(acc, 1e4) == pytest.approx(20.0)  # log-linear: 1e4 is half way
+    assert cost.half_rows(toy_acc, 1e4) == 64.0  # no table: gemm_half_rows everywhere
+    # tiny streams 2544 B (2704 less the untied 160 B embedding): t_half 10 + 20 log(2.544)/log(100)
+    t_half = 10.0 + 20.0 * math.log(2.544) / math.log(100.0)
+    assert cost.streamed_bytes(tiny, Layout(1, 1, 1)) == 2544
+    # hand count: F(3) = 2 * (2 layers * 576 + head 80) + 4 * 2 * 8 * 3 = 2656
+    assert cost.matmul_time(tiny, acc, 10, 10, 3, 2544) == pytest.approx(
+        10 * 2656 / (0.5e12 * 10 / (10 + t_half)))
     # the sampler touches batch x vocab logits per decode step
     base = cost.decode_step_time(tiny, toy_acc, Layout(1, 1, 1), 64, 3, True)
     sampled = dataclasses.replace(toy_acc, logit_time=1e-9)
     assert cost.decode_step_time(tiny, sampled, Layout(1, 1, 1), 64, 3, True) == pytest.approx(base + 64 * 10 * 1e-9)
 
+
+def test_training_pays_the_loss_over_the_vocabulary(tiny, toy_acc):
+    import dataclasses
+
+    lossy = dataclasses.replace(toy_acc, loss_time=1e-9)
+    base = cost.train_time(tiny, toy_acc, Layout(2, 1, 1), 4, 5, 1, True, True, 1)
+    # 2 sequences x 5 tokens per rank x vocab 10 logits
+    assert cost.train_time(tiny, lossy, Layout(2, 1, 1), 4, 5, 1, True, True, 1) == pytest.approx(base + 100e-9)
+    # tp 2 splits the vocabulary; a value head has one output per token
+    assert cost.loss_time(tiny, lossy, Layout(1, 2, 1), 10) == pytest.approx(50e-9)
+    assert cost.loss_time(tiny.as_critic(), lossy, Layout(1, 1, 1), 10) == pytest.approx(10e-9)

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from fastrlhf.errors import UserError
@@ -47,8 +49,21 @@ def test_cluster_yaml(tmp_path):
     assert cluster_from_dict({"accelerator": "A100", "nodes": 2}).n_gpus == 16
 
 
+def test_a_measured_profile_round_trips_through_json():
+    import json
+
+    cpu = accelerator_from_measurements("cpu", 1e11, 1e10, 8e9, half_rows_by_bytes=[[2e6, 14], [1.3e8, 40]],
+                                        loss_time=3e-9)
+    cluster = cluster_from_dict({"accelerator": cpu.name, "nodes": 1, "gpus_per_node": 1})
+    data = json.loads(json.dumps({**cluster.to_dict(), "accelerator": dataclasses.asdict(cpu)}))
+    back = cluster_from_dict(data).accelerator
+    assert back == cpu and back.half_rows_by_bytes == ((2e6, 14.0), (1.3e8, 40.0))
+
+
 @pytest.mark.parametrize("data", [[1], {"accelerator": 3}, {"accelerator": {"nope": 1}},
-                                  {"accelerator": "H100", "nodes": "x"}])
+                                  {"accelerator": "H100", "nodes": "x"},
+                                  {"accelerator": {"name": "cpu", "half_rows_by_bytes": 3}},
+                                  {"accelerator": {"name": "cpu", "half_rows_by_bytes": [[1, "x"]]}}])
 def test_bad_cluster_mappings(data):
     with pytest.raises(UserError):
         cluster_from_dict(data)

@@ -6,24 +6,32 @@ not median: on this shared VM another process or the hypervisor only ever *adds*
 lasting seconds (the same 40-token generate measured 128-213 ms in one minute), so the minimum is
 the estimate of the undisturbed machine; `validate.py` measures the decoder the same way.
 
-- flops: fp32 GEMM rate of `x @ W^T`, x [ROWS = 512, K], over a set of weight matrices W [N, K]
-  with the (K, N) shapes of the q/k/v, o, gate/up and down projections and the LM head
-  (vocab 8192) of hidden-128, 256 and 512 decoders (SHAPES; at 8 rows a GEMM with K = 128 runs
-  at about half the rate of one with K = 512, so the set spans the small shapes too), cycled until WEIGHT_BYTES = 64 MB of weights were used (more
-  than the last-level cache, as in a real model): total 2*ROWS*K*N FLOPs / time.
-- gemm_half_rows: t_half of the cost model's saturating GEMM curve R(t) = flops * t / (t + t_half)
-  (cost.gemm_rate), solved from the rate R_s of the same weights with SMALL_ROWS = 8 rows (a
-  decode step's batch): t_half = t * (flops / R_s - 1). With few rows a CPU GEMM is limited by
-  how fast one core streams the weights out of DRAM (slower than a plain copy), which this
-  captures; the GPU default of 64 rows was an assumption, not a measurement. Solved twice: from
-  the projection shapes (gemm_half_rows) and from the LM-head shapes, N = 8192 (head_half_rows):
-  at 8 rows and weights out of DRAM the head ran at 8-11 GFLOP/s and the projections at ~20.
+- flops: fp32 GEMM peak P of the saturating curve R(t) = P * t / (t + t_half) (cost.gemm_rate),
+  from the rates of `x @ W^T` at ROWS = 512 and SMALL_ROWS = 8 rows over the same weight set: the
+  matrices W [N, K] with the (K, N) shapes of the q/k/v, o, gate/up and down projections and the
+  LM head (vocab 8192) of hidden-128, 256 and 512 decoders (SHAPES), cycled to WEIGHT_BYTES =
+  64 MB. The curve says a GEMM of t rows takes, per weight element, 2t / P (the multiply-adds)
+  plus a fixed t_half * 2 / P (streaming the element in), so the two rates give
+  P = 2 (ROWS - SMALL_ROWS) / (2 ROWS / R_512 - 2 SMALL_ROWS / R_8) (`gemm_peak`). (Before
+  2026-11-27 the 512-row rate itself was used as P, and t_half was then charged on top of it a
+  second time: a 90 MB decoder's forward came out 10-25 % slow.)
+- half_rows_by_bytes: t_half of the cost model's saturating GEMM curve R(t) = flops * t /
+  (t + t_half) (cost.gemm_rate) as a function of the weight bytes a pass streams: for each size
+  in WORKING_SETS (2 MB to 128 MB) the rate R_s of `x @ W^T` with SMALL_ROWS = 8 rows (a decode
+  step's batch) over the first matrices of SHAPES totalling that size, cycled; t_half = t *
+  (flops / R_s - 1). With few rows a CPU GEMM is limited by how fast one core streams the
+  weights, and that depends on where they live: measured 33-40 GFLOP/s up to 32 MB and 17-19
+  GFLOP/s at 128-256 MB on this VM (whose 480 MB L3 is shared with other tenants, so the knee
+  is not at the nominal cache size; hence measured, not derived). The LM-head shapes (N = 8192)
+  ran within 10 % of the projections at equal bytes, so one table serves both. gemm_half_rows is
+  the 64 MB entry (what the profile printed before the table existed).
 - mem_bw: bandwidth of a large copy (COPY_BYTES = 256 MB, beyond any last-level cache), counting
   bytes read + bytes written.
 
 - step_latency, layer_latency: fixed costs of one decode step of our rollout engine (embedding,
   masks, head, sampler) and of one decoder layer in it, from negligible-size decoders (hidden 64,
-  vocab 64, batch 1, so FLOPs and bytes are nothing): the per-token time t(n) of `generate` with
+  vocab 64, so FLOPs and bytes are nothing) generating SMALL_ROWS = 8 sequences, the batch the
+  GEMM table is measured at (at batch 1 they came out ~15 % lower: 0.34 against 0.39 ms/layer): the per-token time t(n) of `generate` with
   n in LATENCY_LAYERS layers, fitted by least squares to t(n) = step_latency + n * layer_latency
   (four points instead of the difference of two: each point is itself a difference of two
   timings, and the fit halves the noise of the slope). They stand for Python dispatch and kernel-call overheads, which the GPU
@@ -41,7 +49,11 @@ the estimate of the undisturbed machine; `validate.py` measures the decoder the 
   the whole head GEMM of a hidden-32 model, and it grows with the batch, which the batch-1
   latencies above cannot see.
 
-Left out: cache effects for weights that fit in L2/L3, bf16 (our CPU runs are fp32), threads
+- loss_time: seconds per logit of a training loss (`F.cross_entropy` forward and backward,
+  which includes log-softmax, its backward and the filled gradient buffer) on [ROWS, LOGIT_VOCAB]
+  vs [ROWS, 64] logits: (t_big - t_small) / (ROWS * (LOGIT_VOCAB - 64)).
+
+Left out: bf16 (our CPU runs are fp32), threads
 other than the one count measured. torch (and, for the latencies, our decoder and engine) is
 imported inside the functions, so `plan/` stays importable without it.
 """
@@ -61,6 +73,7 @@ SHAPES = ((128, 384), (128, 128), (128, 704), (352, 128), (128, 8192),
           (256, 768), (256, 256), (256, 1376), (688, 256), (256, 8192),
           (512, 1536), (512, 512), (512, 2752), (1376, 512), (512, 8192))
 WEIGHT_BYTES = 64 * 2**20
+WORKING_SETS = tuple(m * 2**20 for m in (2, 4, 8, 16, 32, 64, 128))
 COPY_BYTES = 256 * 2**20
 LATENCY_LAYERS = (1, 2, 4, 8)
 LOGIT_VOCAB = 8192
@@ -99,15 +112,15 @@ def num_threads(threads: int | None):
 
 
 def weight_set(shapes=SHAPES, total_bytes: int = WEIGHT_BYTES):
-    """fp32 matrices [N, K] of `shapes`, repeated until they hold `total_bytes`."""
+    """fp32 matrices [N, K] of `shapes` in order, cycled until they hold `total_bytes`."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
     weights, nbytes = [], 0
     while nbytes < total_bytes:
-        for k, n in shapes:
-            weights.append(torch.randn(n, k, generator=gen))
-            nbytes += 4 * n * k
+        k, n = shapes[len(weights) % len(shapes)]
+        weights.append(torch.randn(n, k, generator=gen))
+        nbytes += 4 * n * k
     return weights
 
 
@@ -134,6 +147,18 @@ def copy_bandwidth(nbytes: int = COPY_BYTES, repeats: int = 5) -> float:
 def half_rows(flops: float, rate_small: float, rows: int = SMALL_ROWS) -> float:
     """t_half with R(rows) = flops * rows / (rows + t_half) = rate_small."""
     return max(0.0, rows * (flops / rate_small - 1.0))
+
+
+def gemm_peak(rate_big: float, rate_small: float, big: int = ROWS, small: int = SMALL_ROWS) -> float:
+    """P of R(t) = P t / (t + t_half) through the rates at `big` and `small` rows (same weights)."""
+    return 2.0 * (big - small) / (2.0 * big / rate_big - 2.0 * small / rate_small)
+
+
+def half_rows_table(flops: float, sizes=WORKING_SETS, repeats: int = 9) -> tuple:
+    """((bytes, t_half), ...): the SMALL_ROWS rate over weight sets of each size in `sizes`."""
+    return tuple((float(size), half_rows(flops, matmul_rate(SMALL_ROWS, weight_set(SHAPES, size),
+                                                            repeats)))
+                 for size in sizes)
 
 
 def decode_token_time(model, batch: int = 1, prompt: int = 8, short: int = 4, long: int = 36,
@@ -194,6 +219,21 @@ def logit_time(vocab: int = LOGIT_VOCAB, rows: int = SMALL_ROWS, repeats: int = 
     return max(0.0, (t_big - t_small) / (rows * vocab - 64))
 
 
+def loss_time(vocab: int = LOGIT_VOCAB, rows: int = ROWS, repeats: int = 7) -> float:
+    """Seconds per logit of `F.cross_entropy` forward + backward beyond its fixed cost."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 64, (rows,), generator=gen)
+
+    def seconds(v: int) -> float:
+        logits = torch.randn(rows, v, generator=gen, requires_grad=True)
+        return best_time(lambda: F.cross_entropy(logits, targets).backward(), repeats, warmup=2)
+
+    return max(0.0, (seconds(vocab) - seconds(64)) / (rows * (vocab - 64)))
+
+
 def dispatch_latencies(layers=LATENCY_LAYERS) -> tuple[float, float]:
     """(step_latency, layer_latency) from decode steps of negligible-size decoders."""
     import torch
@@ -206,7 +246,7 @@ def dispatch_latencies(layers=LATENCY_LAYERS) -> tuple[float, float]:
         torch.manual_seed(0)
         cfg = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_layers=n,
                           num_heads=1, num_kv_heads=1, head_dim=64)
-        times.append(decode_token_time(CausalLM(cfg), long=68))
+        times.append(decode_token_time(CausalLM(cfg), batch=SMALL_ROWS, long=68))
     mean_n, mean_t = sum(layers) / len(layers), sum(times) / len(times)
     slope = sum((n - mean_n) * (t - mean_t) for n, t in zip(layers, times)) / \
         sum((n - mean_n) ** 2 for n in layers)
@@ -225,16 +265,18 @@ def calibrate_cpu(threads: int | None = 1) -> Accelerator:
     """Measure this machine (a few seconds) and return the `cpu` profile built from it."""
     with num_threads(threads):
         weights = weight_set()
-        flops = matmul_rate(ROWS, weights, repeats=3)
-        small = matmul_rate(SMALL_ROWS, weight_set([s for s in SHAPES if s[1] != 8192]), repeats=9)
-        small_head = matmul_rate(SMALL_ROWS, weight_set([s for s in SHAPES if s[1] == 8192]),
-                                 repeats=9)
+        flops = gemm_peak(matmul_rate(ROWS, weights, repeats=5),
+                          matmul_rate(SMALL_ROWS, weights, repeats=9))
+        del weights
+        table = half_rows_table(flops)
         bandwidth = copy_bandwidth()
         step_latency, layer_latency = dispatch_latencies()
         per_logit = logit_time()
+        per_loss_logit = loss_time()
         kv_bw = kv_read_bandwidth()
+    at_64mb = dict(table).get(float(WEIGHT_BYTES), table[-1][1])
     return accelerator_from_measurements("cpu", flops, bandwidth, physical_memory(),
-                                         gemm_half_rows=half_rows(flops, small),
-                                         head_half_rows=half_rows(flops, small_head),
+                                         gemm_half_rows=at_64mb, half_rows_by_bytes=table,
                                          step_latency=step_latency, layer_latency=layer_latency,
-                                         logit_time=per_logit, kv_read_bw=kv_bw)
+                                         logit_time=per_logit, kv_read_bw=kv_bw,
+                                         loss_time=per_loss_logit)

@@ -5,14 +5,16 @@ S = Lp + Lg, F(c) = forward FLOPs per token attending to c keys (model_spec), R 
 FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
 
 - GEMM rate for a micro-batch of t tokens (rows): R(t) = peak * flops_eff * t / (t + t_half),
-  t_half = Accelerator.gemm_half_rows (T_HALF = 64 for GPUs, an assumption; measured for the
-  cpu profile by calibrate.py, 18-27 rows there). A saturating curve standing in for a profiled
-  table: small GEMMs do not fill the device. The LM-head GEMM (N = vocab, much wider than K) has
-  its own t_half (Accelerator.head_half_rows; the GPU profiles use the same 64): on the cpu its
-  weights stream about half as fast at 8 rows as the projections' (measured 8-11 GFLOP/s against
-  ~20), and it is 18-72% of a small decoder's FLOPs, so one averaged curve cannot fit models whose
-  head share differs. `matmul_time` splits a pass's FLOPs into the body at R(t) and the head at
-  R_head(t).
+  t_half = Accelerator.gemm_half_rows (T_HALF = 64 for GPUs, an assumption). A saturating curve
+  standing in for a profiled table: small GEMMs do not fill the device. On the cpu profile t_half
+  depends on the bytes of weights one GPU multiplies with in the pass (`streamed_bytes`), read
+  off the measured table Accelerator.half_rows_by_bytes, log-linearly between its points and
+  clamped at its ends (`half_rows`): at 8 rows a CPU GEMM is bound by how fast it streams its
+  weights, and calibrate.py measured that rate halve between weight sets that fit the cache
+  share (~35 GFLOP/s at <= 32 MB) and ones that do not (~18 GFLOP/s at >= 128 MB). The LM head
+  runs on the same curve: at equal weight bytes it measured within 10 % of the projections.
+  (Until 2026-11-27 the head had its own t_half, and one set of 64 MB stood for all sizes: a
+  90 MB decoder's decode was predicted 23-28 % too fast.)
 - Ring all-reduce of n bytes over g GPUs (Patarasuk & Yuan 2009): alpha + 2 (g-1)/g * n / B.
 - A pipelined pass (GPipe / 1F1B schedule, Narayanan et al. 2021 eq. 1): with m micro-batches over
   pp stages the pass takes (m + pp - 1) * t_stage, t_stage = one micro-batch on one stage:
@@ -27,6 +29,10 @@ FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
   AdamW, which our CPU trainer runs, makes nine passes, UNFUSED_ADAMW_BYTES = 92 bytes/parameter:
   decay p*=(1-lr*wd) 8, m.lerp_(g) 12, v*=b2 8, g*(1-b2) -> new 8, v.addcmul_ 16, sqrt(v) -> new 8,
   /bias-correction 8, +eps 8, p.addcdiv_(m, .) 16.
+  It also adds the loss over the logits: tokens * V / tp * Accelerator.loss_time (log-softmax
+  forward and backward, the gradient buffer's fill; V = 1 for a value head). 0 on the GPU
+  profiles; measured on the cpu, where for a hidden-128 decoder with vocab 8192 it is ~20 % of a
+  training step.
 - Generation of b sequences in waves of `decode_batch`: each wave = prefill (a forward pass over
   decode_batch * Lp tokens, pp micro-batches) + Lg decode steps at the mean context Lp + Lg/2.
   A decode step's GEMMs are memory-bound or compute-bound, whichever is slower; the attention
@@ -74,16 +80,36 @@ OPTIMIZER_BYTES_PER_PARAM = 30
 UNFUSED_ADAMW_BYTES = 92
 
 
-def gemm_rate(acc: Accelerator, tokens: float, head: bool = False) -> float:
-    return acc.flops * tokens / (tokens + (acc.head_half_rows if head else acc.gemm_half_rows))
+def half_rows(acc: Accelerator, weight_bytes: float) -> float:
+    """t_half for GEMMs over `weight_bytes` of weights: Accelerator.half_rows_by_bytes
+    interpolated in log(bytes) and clamped at its ends, or gemm_half_rows without a table."""
+    table = acc.half_rows_by_bytes
+    if not table:
+        return acc.gemm_half_rows
+    if weight_bytes <= table[0][0]:
+        return table[0][1]
+    for (b0, t0), (b1, t1) in zip(table, table[1:]):
+        if weight_bytes <= b1:
+            return t0 + (t1 - t0) * math.log(weight_bytes / b0) / math.log(b1 / b0)
+    return table[-1][1]
 
 
-def matmul_time(model: ModelSpec, acc: Accelerator, tokens: float, rows: float, ctx: float) -> float:
-    """Forward FLOPs of `tokens` tokens at context ctx in GEMMs of `rows` rows: the body (layers,
-    attention) at R(rows), the output head at R_head(rows). Divide by tp * pp for a shard."""
-    head = 2.0 * model.head_matmul_params
-    body = model.flops_fwd_per_token(ctx) - head
-    return tokens * (body / gemm_rate(acc, rows) + head / gemm_rate(acc, rows, head=True))
+def gemm_rate(acc: Accelerator, tokens: float, weight_bytes: float = 0.0) -> float:
+    return acc.flops * tokens / (tokens + half_rows(acc, weight_bytes))
+
+
+def streamed_bytes(model: ModelSpec, layout: Layout) -> float:
+    """Weight bytes one GPU multiplies with in a pass: its stage's share of every parameter but an
+    untied embedding table (a lookup reads one row per token)."""
+    streamed = model.n_params - (0 if model.tie_embeddings else model.embed_params)
+    return streamed * model.dtype_bytes / (layout.tp * layout.pp)
+
+
+def matmul_time(model: ModelSpec, acc: Accelerator, tokens: float, rows: float, ctx: float,
+                weight_bytes: float) -> float:
+    """Forward FLOPs of `tokens` tokens at context ctx in GEMMs of `rows` rows over weight_bytes
+    of weights, at R(rows). Divide by tp * pp for a shard."""
+    return tokens * model.flops_fwd_per_token(ctx) / gemm_rate(acc, rows, weight_bytes)
 
 
 def allreduce_time(nbytes: float, group: int, bandwidth: float, latency: float) -> float:
@@ -100,7 +126,8 @@ def stage_time(model: ModelSpec, acc: Accelerator, layout: Layout, tokens_mb: fl
                backward: bool, pp_intra: bool) -> float:
     """One micro-batch through one pipeline stage (forward, or forward+backward)."""
     k, j = (3, 2) if backward else (1, 1)
-    compute = k * matmul_time(model, acc, tokens_mb, tokens_mb, ctx) / (layout.tp * layout.pp)
+    compute = k * matmul_time(model, acc, tokens_mb, tokens_mb, ctx,
+                              streamed_bytes(model, layout)) / (layout.tp * layout.pp)
     act = tokens_mb * model.hidden * model.dtype_bytes
     n_reduce = j * 2 * math.ceil(model.n_layers / layout.pp)
     tp_comm = n_reduce * allreduce_time(act, layout.tp, acc.link_bw(True), acc.latency(True))
@@ -140,22 +167,28 @@ def inference_time(model, acc, layout, batch, seq_len, n_micro, pp_intra) -> flo
     return pass_time(model, acc, layout, tokens, (seq_len + 1) / 2, n_micro, False, pp_intra)
 
 
+def loss_time(model: ModelSpec, acc: Accelerator, layout: Layout, tokens: float) -> float:
+    """Loss forward + backward over the logits of `tokens` tokens (vocab-parallel over tp)."""
+    logits = 1 if model.value_head else model.vocab
+    return tokens * logits / layout.tp * acc.loss_time
+
+
 def train_time(model, acc, layout, batch, seq_len, n_micro, pp_intra, dp_intra, zero_stage,
                adam_bytes: float = OPTIMIZER_BYTES_PER_PARAM) -> float:
     tokens = per_rank(batch, layout) * seq_len
     step = pass_time(model, acc, layout, tokens, (seq_len + 1) / 2, n_micro, True, pp_intra)
-    return step + grad_sync_time(model, acc, layout, dp_intra) + optimizer_time(
-        model, acc, layout, zero_stage, adam_bytes)
+    return step + loss_time(model, acc, layout, tokens) + grad_sync_time(
+        model, acc, layout, dp_intra) + optimizer_time(model, acc, layout, zero_stage, adam_bytes)
 
 
 def decode_step_time(model: ModelSpec, acc: Accelerator, layout: Layout, batch: int, ctx: float,
                      pp_intra: bool) -> float:
     kv_split = min(layout.tp, model.n_kv_heads) * layout.pp
-    streamed = model.n_params - (0 if model.tie_embeddings else model.embed_params)
-    memory = streamed * model.dtype_bytes / layout.tp / acc.mem_bw
+    weights = streamed_bytes(model, layout)
+    memory = weights * layout.pp / acc.mem_bw
     attention = batch * ctx * model.kv_bytes_per_token / kv_split / (acc.kv_read_bw or acc.mem_bw)
     mb = batch / layout.pp
-    compute = matmul_time(model, acc, batch, mb, ctx) / (layout.tp * layout.pp)
+    compute = matmul_time(model, acc, batch, mb, ctx, weights) / (layout.tp * layout.pp)
     act = mb * model.hidden * model.dtype_bytes
     comm = 2 * model.n_layers * allreduce_time(act, layout.tp, acc.link_bw(True), acc.latency(True))
     if layout.pp > 1:

@@ -58,9 +58,11 @@ class Accelerator:
     # rows t at which a GEMM reaches half its large-GEMM rate: R(t) = flops * t / (t + this)
     # (cost.gemm_rate). 64 for GPUs is an assumption; the cpu profile measures it (calibrate.py)
     gemm_half_rows: float = 64.0
-    # the same for the LM-head GEMM (N = vocab >> K): with few rows it streams its weights more
-    # slowly than the projections on the cpu (calibrate.py); equal to gemm_half_rows for GPUs
-    head_half_rows: float = 64.0
+    # measured t_half by the bytes of weights a pass streams, ((bytes, t_half), ...) in rising
+    # bytes; empty = gemm_half_rows at every size (GPU profiles: their weights dwarf the L2 cache).
+    # On the cpu the 8-row rate halves between weights that stay in cache and weights that
+    # stream from DRAM (calibrate.py), so one t_half cannot fit both a 6 MB and a 90 MB model
+    half_rows_by_bytes: tuple[tuple[float, float], ...] = ()
     # fixed time per model invocation (decode step incl. sampling) and per layer per invocation:
     # dispatch / launch overheads. 0 for GPUs (left out there); measured for the cpu profile.
     step_latency: float = 0.0
@@ -72,6 +74,13 @@ class Accelerator:
     # sampler time per logit (b * V per decode step) beyond the fixed step cost; 0 for GPUs
     # (sampling is a few fused kernels there, left out), measured for the cpu profile
     logit_time: float = 0.0
+    # training loss time per logit (log-softmax forward and backward over b * V logits); 0 for
+    # GPUs (a few memory-bound passes, <1% of a LLaMA step there: left out), measured for the cpu
+    loss_time: float = 0.0
+
+    def __post_init__(self):  # JSON / YAML give lists; keep the table hashable
+        object.__setattr__(self, "half_rows_by_bytes",
+                           tuple((float(b), float(t)) for b, t in self.half_rows_by_bytes))
 
     @property
     def flops(self) -> float:
@@ -110,14 +119,14 @@ def accelerator_from_measurements(name: str, flops: float, mem_bw: float, memory
                                   link_bw: float = 1 * GB, latency: float = 50e-6,
                                   gemm_half_rows: float = 64.0, step_latency: float = 0.0,
                                   layer_latency: float = 0.0, logit_time: float = 0.0,
-                                  head_half_rows: float | None = None,
-                                  kv_read_bw: float = 0.0) -> Accelerator:
+                                  half_rows_by_bytes=(), kv_read_bw: float = 0.0,
+                                  loss_time: float = 0.0) -> Accelerator:
     """An accelerator whose rates are *measured* (e.g. the cpu profile): efficiencies are 1."""
-    head = gemm_half_rows if head_half_rows is None else head_half_rows
     return Accelerator(name, flops, memory_bytes, mem_bw, link_bw, link_bw, mem_bw, latency,
                        latency, 1.0, 1.0, 1.0, 0.8, gemm_half_rows=gemm_half_rows,
-                       head_half_rows=head, step_latency=step_latency,
-                       layer_latency=layer_latency, kv_read_bw=kv_read_bw, logit_time=logit_time)
+                       half_rows_by_bytes=tuple(half_rows_by_bytes), step_latency=step_latency,
+                       layer_latency=layer_latency, kv_read_bw=kv_read_bw, logit_time=logit_time,
+                       loss_time=loss_time)
 
 
 def get_accelerator(name: str) -> Accelerator:
@@ -186,7 +195,8 @@ def cluster_from_dict(data: dict) -> Cluster:
         elif isinstance(acc, dict):
             base = ACCELERATORS.get(str(acc.get("name")), ACCELERATORS["H100"])
             # numbers as floats: PyYAML reads 40.0e9 (no exponent sign) as a string
-            fields = {k: (v if k == "name" else float(v)) for k, v in acc.items()}
+            fields = {k: (v if k in ("name", "half_rows_by_bytes") else float(v))
+                      for k, v in acc.items()}
             accelerator = dataclasses.replace(base, **fields)
         else:
             raise UserError("cluster spec: 'accelerator' must be a name or a mapping")

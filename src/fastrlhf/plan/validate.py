@@ -17,7 +17,7 @@ time on this shared VM, see calibrate.py). Predictions come from `cost.inference
 `F.cross_entropy`, see memory.py), for the `ModelSpec` read from the model's HF
 config dict with fp32 (4-byte) elements, on the profile from `calibrate.calibrate_cpu`.
 
-Left out: the training loss / softmax cost (not in the cost model), multi-threaded runs.
+Left out: multi-threaded runs.
 torch is imported inside functions so `plan/` stays importable without it.
 """
 
@@ -157,14 +157,20 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def describe_profile(acc: Accelerator) -> str:
+    table = ", ".join(f"{b / 2**20:.0f} MB {t:.0f}" for b, t in acc.half_rows_by_bytes)
+    return (f"cpu profile (1 thread): {acc.flops / 1e9:.1f} GFLOP/s fp32 GEMM, "
+            f"{acc.mem_bw / 1e9:.1f} GB/s copy, GEMM half-rate rows by weight bytes [{table}], "
+            f"decode step {acc.step_latency * 1e3:.2f} ms + {acc.layer_latency * 1e3:.2f} ms/layer"
+            f" + {acc.logit_time * 1e9:.2f} ns/logit, KV read {acc.kv_read_bw / 1e9:.1f} GB/s, "
+            f"loss {acc.loss_time * 1e9:.2f} ns/logit")
+
+
 def main() -> None:
     from fastrlhf.plan.calibrate import calibrate_cpu
 
     acc = calibrate_cpu(threads=1)
-    print(f"cpu profile (1 thread): {acc.flops / 1e9:.1f} GFLOP/s fp32 GEMM, "
-          f"{acc.mem_bw / 1e9:.1f} GB/s copy, GEMM half-rate at {acc.gemm_half_rows:.1f} rows (LM head {acc.head_half_rows:.1f}), "
-          f"decode step {acc.step_latency * 1e3:.2f} ms + {acc.layer_latency * 1e3:.2f} ms/layer"
-          f" + {acc.logit_time * 1e9:.2f} ns/logit, KV read {acc.kv_read_bw / 1e9:.1f} GB/s")
+    print(describe_profile(acc))
     print(format_table(validate(acc)))
 
 
