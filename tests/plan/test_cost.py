@@ -80,6 +80,11 @@ def test_generate_time_waves(tiny, toy_acc):
     step = cost.decode_step_time(tiny, toy_acc, lay, 8, 4 + 3, True)
     got = cost.generate_time(tiny, toy_acc, lay, 16, 4, 6, 8, True)
     assert got == pytest.approx(2 * (prefill + 6 * step))
+    # 16 sequences in waves of 12: one full wave and a last wave of the 4 left, not two of 12
+    four = cost.pass_time(tiny, toy_acc, lay, 4 * 4, 2.5, 1, False, True) + 6 * cost.decode_step_time(
+        tiny, toy_acc, lay, 4, 7, True)
+    twelve = cost.wave_time(tiny, toy_acc, lay, 12, 4, 6, True)
+    assert cost.generate_time(tiny, toy_acc, lay, 16, 4, 6, 12, True) == pytest.approx(twelve + four)
 
 
 def test_realloc_reload_transfer(tiny, toy_acc):

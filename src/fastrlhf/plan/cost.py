@@ -33,8 +33,14 @@ FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
   forward and backward, the gradient buffer's fill; V = 1 for a value head). 0 on the GPU
   profiles; measured on the cpu, where for a hidden-128 decoder with vocab 8192 it is ~20 % of a
   training step.
-- Generation of b sequences in waves of `decode_batch`: each wave = prefill (a forward pass over
-  decode_batch * Lp tokens, pp micro-batches) + Lg decode steps at the mean context Lp + Lg/2.
+- Generation of b sequences in waves of `decode_batch` and a last wave of the remainder
+  (b mod decode_batch): each wave = prefill (a forward pass over its sequences' Lp tokens, pp
+  micro-batches) + Lg decode steps at the mean context Lp + Lg/2. With the remainder wave the
+  time never rises with the decode batch (fewer waves read the weights fewer times; the KV and
+  FLOP totals stay), so the largest decode batch that fits is the fastest. (Until 2026-11-27 the
+  last wave was charged as a full one: a call with more memory and a larger decode batch could
+  come out slower, which broke the lower bound in bounds.py, e.g. PPO 7B, 8 GPUs, generation
+  2048: bound 79.2 s above a 72.4 s plan.)
   A decode step's GEMMs are memory-bound or compute-bound, whichever is slower; the attention
   that follows them in every layer reads the KV cache in kernels of its own (no overlap with the
   GEMMs: the next GEMM needs its output), then communication:
@@ -198,14 +204,22 @@ def decode_step_time(model: ModelSpec, acc: Accelerator, layout: Layout, batch: 
     return max(memory, compute) + attention + comm + overhead + sampling
 
 
-def generate_time(model, acc, layout, batch, prompt_len, gen_len, decode_batch, pp_intra) -> float:
-    b = per_rank(batch, layout)
-    waves = math.ceil(b / decode_batch)
-    wave_batch = min(b, decode_batch)
+def wave_time(model, acc, layout, wave_batch, prompt_len, gen_len, pp_intra) -> float:
+    """One wave of `wave_batch` sequences: prefill, then gen_len decode steps."""
     prefill = pass_time(model, acc, layout, wave_batch * prompt_len, (prompt_len + 1) / 2,
                         layout.pp, False, pp_intra)
     step = decode_step_time(model, acc, layout, wave_batch, prompt_len + gen_len / 2, pp_intra)
-    return waves * (prefill + gen_len * step)
+    return prefill + gen_len * step
+
+
+def generate_time(model, acc, layout, batch, prompt_len, gen_len, decode_batch, pp_intra) -> float:
+    """b sequences per DP rank: b // decode_batch full waves, then one wave of the remainder."""
+    b = per_rank(batch, layout)
+    full, rest = divmod(b, decode_batch)
+    total = full * wave_time(model, acc, layout, decode_batch, prompt_len, gen_len, pp_intra)
+    if rest:
+        total += wave_time(model, acc, layout, rest, prompt_len, gen_len, pp_intra)
+    return total
 
 
 def realloc_time(model: ModelSpec, acc: Accelerator, dst_layout: Layout, intra: bool) -> float:

@@ -18,6 +18,8 @@ fit, offload the largest frozen model resident on its mesh.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from fastrlhf.plan import cost, memory
@@ -66,6 +68,16 @@ def _mesh_max(homes: list[tuple[Mesh, float]], mesh: Mesh) -> float:
     lo, hi = mesh.start, mesh.start + mesh.size
     points = {lo} | {m.start for m, _ in homes if lo < m.start < hi}
     return max(sum(b for m, b in homes if m.start <= p < m.start + m.size) for p in points)
+
+
+def balanced_decode_batch(sequences: int, largest: int) -> int:
+    """The fastest decode batch for `sequences` per DP rank when at most `largest` fit: the
+    fewest waves, ceil(sequences / largest), of equal size. A decode step costs max(weight read,
+    GEMM compute) plus KV reads, so at a fixed number of waves unequal waves only add (a full
+    compute-bound wave and a small memory-bound one cost more than two equal memory-bound ones),
+    and with equal waves the total never falls as waves are added (cost.generate_time)."""
+    waves = math.ceil(sequences / largest)
+    return math.ceil(sequences / waves)
 
 
 class Evaluator:
@@ -204,6 +216,8 @@ class Evaluator:
         batch = min(b, want) if want else min(b, fits)
         if batch < 1 or batch > fits:
             return None
+        if not want:  # the fewest waves that fit, balanced (see balanced_decode_batch)
+            batch = balanced_decode_batch(b, batch)
         single = mesh.single_node(self.cluster.gpus_per_node)
         key = (idx, layout, batch, single)
         if key not in self._cache:
