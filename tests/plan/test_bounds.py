@@ -9,7 +9,6 @@ from fastrlhf.plan.bounds import call_alone, lower_bound
 from fastrlhf.plan import baselines, cost
 from fastrlhf.plan.evaluate import Evaluator, balanced_decode_batch
 from fastrlhf.plan.graphs import get_graph
-from fastrlhf.plan.graphs import grpo_graph
 from fastrlhf.plan.hardware import ACCELERATORS, make_cluster, parse_cluster
 from fastrlhf.plan.layout import Layout
 from fastrlhf.plan.model_spec import PRESETS, ModelSpec
@@ -18,7 +17,7 @@ from fastrlhf.plan.planner import build_models
 from fastrlhf.plan.search import Objective, candidates, exhaustive
 
 TINY = ModelSpec("tiny", 4, 256, 688, 4, 2, 1000)
-_G = grpo_graph()
+_G = get_graph("grpo")
 GRAPHS = {2: (_G[1], _G[2]),
           3: (_G[0], _G[1], dataclasses.replace(_G[3], inputs=("sequences", "logprobs", "rewards"))),
           4: _G}

@@ -5,7 +5,7 @@ import pytest
 
 from fastrlhf.plan import memory
 from fastrlhf.plan.evaluate import Evaluator
-from fastrlhf.plan.graphs import grpo_graph
+from fastrlhf.plan.graphs import get_graph
 from fastrlhf.plan.hardware import ACCELERATORS, make_cluster
 from fastrlhf.plan.layout import Layout, Mesh
 from fastrlhf.plan.model_spec import PRESETS
@@ -16,7 +16,7 @@ def _evaluator(hbm, batch=64, gpus=2):
     acc = dataclasses.replace(ACCELERATORS["A100-80G"], hbm_bytes=hbm, memory_eff=1.0)
     a = PRESETS["qwen2.5-1.5b"]
     models = {"actor": a, "ref": a, "reward": a.as_critic()}
-    return Evaluator(grpo_graph(), models, make_cluster(acc, 1, gpus), Workload(batch, 128, 128))
+    return Evaluator(get_graph("grpo"), models, make_cluster(acc, 1, gpus), Workload(batch, 128, 128))
 
 
 def test_peak_memory_is_homes_plus_largest_transient():

@@ -6,7 +6,7 @@ import pytest
 
 from fastrlhf.plan import baselines
 from fastrlhf.plan.evaluate import Evaluator
-from fastrlhf.plan.graphs import grpo_graph
+from fastrlhf.plan.graphs import get_graph
 from fastrlhf.plan.hardware import ACCELERATORS, make_cluster
 from fastrlhf.plan.layout import Mesh, all_layouts
 from fastrlhf.plan.model_spec import PRESETS, ModelSpec
@@ -14,7 +14,7 @@ from fastrlhf.plan.plan import Workload
 from fastrlhf.plan.search import INF, Objective, anneal, candidates, exhaustive
 
 TINY = ModelSpec("tiny", 4, 256, 688, 4, 2, 1000)
-_G = grpo_graph()
+_G = get_graph("grpo")
 GRAPHS = {
     2: (_G[1], _G[2]),  # two independent scoring calls
     3: (_G[0], _G[1], dataclasses.replace(_G[3], inputs=("sequences", "logprobs", "rewards"))),

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from fastrlhf.plan.evaluate import Evaluator
-from fastrlhf.plan.graphs import grpo_graph, ppo_graph
+from fastrlhf.plan.graphs import get_graph
 from fastrlhf.plan.hardware import ACCELERATORS, make_cluster
 from fastrlhf.plan.layout import Layout, Mesh
 from fastrlhf.plan.model_spec import PRESETS
@@ -27,7 +27,7 @@ def test_list_schedule_by_hand():
 
 def _grpo_eval(placements, batch=64):
     a = PRESETS["qwen2.5-0.5b"]
-    ev = Evaluator(grpo_graph(), {"actor": a, "ref": a, "reward": a.as_critic()},
+    ev = Evaluator(get_graph("grpo"), {"actor": a, "ref": a, "reward": a.as_critic()},
                    make_cluster(ACCELERATORS["H100"], 1, 4), Workload(batch, 128, 128))
     return ev, ev.evaluate(placements)
 
@@ -52,7 +52,7 @@ def test_disjoint_meshes_overlap_and_reallocation_is_scheduled():
     assert kinds == ["realloc"] + ["transfer"] * 5  # gen->reward, gen->ref, 3 into train
     sim = simulate(ev, res, placements)
     it1 = {t.name: t for t in sim.tasks if t.iteration == 1}
-    reward, ref = it1["reward.inference"], it1["ref.inference"]
+    reward, ref = it1["reward.score"], it1["ref.inference"]
     assert reward.start < ref.end and ref.start < reward.end  # run concurrently
     realloc = it1["realloc:actor.generate"]
     train0 = next(t for t in sim.tasks if t.iteration == 0 and t.name == "actor.train")
@@ -64,7 +64,7 @@ def test_ppo_critic_train_overlaps_next_generation():
     h100 = make_cluster(ACCELERATORS["H100"], 1, 8)
     a, c = PRESETS["qwen2.5-1.5b"], PRESETS["qwen2.5-7b"].as_critic()  # critic trains longest
     models = {"actor": a, "ref": a, "reward": a.as_critic(), "critic": c}
-    ev = Evaluator(ppo_graph(), models, h100, Workload(128, 128, 128))
+    ev = Evaluator(get_graph("ppo"), models, h100, Workload(128, 128, 128))
     left, right = (Mesh(0, 4), Layout(4, 1, 1)), (Mesh(4, 4), Layout(4, 1, 1))
     placements = (left, right, left, right, left, right)
     res = ev.evaluate(placements)
@@ -86,7 +86,7 @@ def test_reallocation_only_when_layout_differs():
 def test_infeasible_plan_is_rejected():
     tiny_mem = dataclasses.replace(ACCELERATORS["H100"], hbm_bytes=4e9)
     a = PRESETS["qwen2.5-1.5b"]  # 1.5B x 18 B of training state does not fit 4 GB
-    ev = Evaluator(grpo_graph(), {"actor": a, "ref": a, "reward": a.as_critic()},
+    ev = Evaluator(get_graph("grpo"), {"actor": a, "ref": a, "reward": a.as_critic()},
                    make_cluster(tiny_mem, 1, 1), Workload(8, 16, 16))
     one = (Mesh(0, 1), Layout(1, 1, 1))
     res = ev.evaluate((one,) * 4)

@@ -29,15 +29,16 @@ the token, not with the logits that predicted it).
 
 PPO adds `values` [N, T] (critic.inference, aligned with tokens); offline DPO's data are the
 tokenised pairs themselves. Left out: any scheduling choice — placement and concurrency
-of these calls belong to the execution plan.
+of these calls belong to the execution plan (`fastrlhf plan` plans these same graphs).
+
+Pure Python, no torch import: the planner (`plan/`) reads these graphs on machines without torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from fastrlhf.dataflow.executor import ROW_SOURCE_KEY
-from fastrlhf.dataflow.graph import Graph, ModelCall
+from fastrlhf.dataflow.graph import ROW_SOURCE_KEY, Graph, ModelCall
 
 GENERATE_OUTPUTS = (ROW_SOURCE_KEY, "sequences", "attention_mask", "response_mask", "logprobs", "completions")
 SEQUENCE_INPUTS = ("sequences", "attention_mask", "response_mask")

@@ -8,7 +8,7 @@ import importlib
 
 _EXPORTS = {
     "Batch": "batch", "BatchError": "batch",
-    "ROW_SOURCE_KEY": "executor", "ExecutorError": "executor", "IterationResult": "executor",
+    "ROW_SOURCE_KEY": "graph", "ExecutorError": "executor", "IterationResult": "executor",
     "LocalExecutor": "executor",
     "KINDS": "graph", "Edge": "graph", "Graph": "graph", "GraphError": "graph", "ModelCall": "graph",
 }

@@ -32,9 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from fastrlhf.dataflow.batch import Batch
-from fastrlhf.dataflow.graph import Graph, ModelCall
-
-ROW_SOURCE_KEY = "prompt_index"
+from fastrlhf.dataflow.graph import ROW_SOURCE_KEY, Graph, ModelCall
 
 
 class ExecutorError(RuntimeError):

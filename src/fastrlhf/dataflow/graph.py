@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from fastrlhf.errors import UserError
 
 KINDS = ("generate", "inference", "train")
+# the field a call returns when it changes the number of rows (generate: n samples per prompt):
+# the input row of each output row, by which the executor re-gathers the iteration batch
+ROW_SOURCE_KEY = "prompt_index"
 
 
 class GraphError(UserError):

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from fastrlhf.errors import UserError
-from fastrlhf.plan.graphs import ModelCall, graph_from_dicts
+from fastrlhf.plan.graphs import ModelCall, call_to_dict, graph_from_dicts
 from fastrlhf.plan.hardware import Cluster, cluster_from_dict
 from fastrlhf.plan.layout import Layout, Mesh, is_valid_layout, is_valid_mesh
 from fastrlhf.plan.model_spec import ModelSpec, spec_from_dict
@@ -80,7 +80,7 @@ class ExecutionPlan:
 
 
 def _call_dict(call: ModelCall, cp: CallPlan) -> dict:
-    return {**call.to_dict(), "mesh": {"start": cp.mesh.start, "size": cp.mesh.size},
+    return {**call_to_dict(call), "mesh": {"start": cp.mesh.start, "size": cp.mesh.size},
             "dp": cp.layout.dp, "tp": cp.layout.tp, "pp": cp.layout.pp,
             "n_micro": cp.n_micro, "decode_batch": cp.decode_batch}
 

@@ -24,13 +24,13 @@ from fastrlhf.plan.simulator import Simulation, simulate
 
 def build_models(algo: str, actor: ModelSpec, critic: ModelSpec | None = None,
                  ref: ModelSpec | None = None, reward: ModelSpec | None = None) -> dict:
-    """Role -> spec. The reference copies the actor; the reward model defaults to the critic's
-    shape (ReaLHF's setting); critic and reward carry a value head."""
+    """Role -> spec for the roles of `algo`'s graph. The reference copies the actor; the reward
+    model defaults to the critic's shape (ReaLHF's setting); critic and reward carry a value head."""
     critic = (critic or actor).as_critic()
-    models = {"actor": actor, "ref": ref or actor, "reward": (reward or critic).as_critic()}
-    if algo == "ppo":
-        models["critic"] = critic
-    return models
+    every = {"actor": actor, "ref": ref or actor, "reward": (reward or critic).as_critic(),
+             "critic": critic}
+    roles = {call.role for call in get_graph(algo)}
+    return {role: spec for role, spec in every.items() if role in roles}
 
 
 @dataclass
