@@ -31,10 +31,11 @@ the estimate of the undisturbed machine; `validate.py` measures the decoder the 
 - step_latency, layer_latency: fixed costs of one decode step of our rollout engine (embedding,
   masks, head, sampler) and of one decoder layer in it, from negligible-size decoders (hidden 64,
   vocab 64, so FLOPs and bytes are nothing) generating SMALL_ROWS = 8 sequences, the batch the
-  GEMM table is measured at (at batch 1 they came out ~15 % lower: 0.34 against 0.39 ms/layer): the per-token time t(n) of `generate` with
-  n in LATENCY_LAYERS layers, fitted by least squares to t(n) = step_latency + n * layer_latency
-  (four points instead of the difference of two: each point is itself a difference of two
-  timings, and the fit halves the noise of the slope). They stand for Python dispatch and kernel-call overheads, which the GPU
+  GEMM table is measured at (at batch 1 they came out ~15 % lower: 0.34 against 0.39 ms/layer):
+  the per-token time t(n) of `generate` with n in LATENCY_LAYERS layers, fitted by least squares
+  to t(n) = step_latency + n * layer_latency (four points instead of the difference of two: each
+  point is itself a difference of two timings, and the fit halves the noise of the slope). They
+  stand for Python dispatch and kernel-call overheads, which the GPU
   profiles leave out and which dominate tiny models on a CPU.
 - kv_read_bw: bytes/s at which a decode step's attention reads a layer's K and V cache:
   `short_query_attention` (our engine's decode attention) on the transposed [B, K, S, h] cache

@@ -35,9 +35,10 @@ FLOP/s, W = memory bandwidth x bw_eff, h = hidden size.
   training step.
 - Generation of b sequences in waves of `decode_batch` and a last wave of the remainder
   (b mod decode_batch): each wave = prefill (a forward pass over its sequences' Lp tokens, pp
-  micro-batches) + Lg decode steps at the mean context Lp + Lg/2. With the remainder wave the
-  time never rises with the decode batch (fewer waves read the weights fewer times; the KV and
-  FLOP totals stay), so the largest decode batch that fits is the fastest. (Until 2026-11-27 the
+  micro-batches) + Lg decode steps at the mean context Lp + Lg/2. Fewer waves read the weights
+  fewer times while the KV and FLOP totals stay, and at a given number of waves equal ones are
+  fastest (max(weights, compute) per step), so the evaluator decodes in the fewest waves that
+  fit, balanced (evaluate.balanced_decode_batch). (Until 2026-11-27 the
   last wave was charged as a full one: a call with more memory and a larger decode batch could
   come out slower, which broke the lower bound in bounds.py, e.g. PPO 7B, 8 GPUs, generation
   2048: bound 79.2 s above a 72.4 s plan.)

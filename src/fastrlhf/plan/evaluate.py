@@ -19,7 +19,6 @@ fit, offload the largest frozen model resident on its mesh.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 from fastrlhf.plan import cost, memory

@@ -12,7 +12,7 @@ Roles `actor` and `critic` are trained; `ref` and `reward` are frozen.
 from __future__ import annotations
 
 from fastrlhf.algorithms.graphs import GRAPHS
-from fastrlhf.dataflow.graph import KINDS, GraphError, ModelCall
+from fastrlhf.dataflow.graph import Graph, GraphError, ModelCall
 from fastrlhf.errors import UserError
 
 TRAINABLE_ROLES = ("actor", "critic")
@@ -41,39 +41,19 @@ def dependencies(calls: tuple[ModelCall, ...]) -> dict[int, tuple[int, ...]]:
     return deps
 
 
-def _make_call(role, kind, inputs, outputs, name="") -> ModelCall:
-    if kind not in KINDS:
-        raise UserError(f"bad call kind {kind!r} (known: {', '.join(KINDS)})")
-    return ModelCall(str(role), str(kind), tuple(inputs), tuple(outputs), name=str(name or ""))
-
-
-def _unique_names(calls: tuple[ModelCall, ...]) -> tuple[ModelCall, ...]:
-    names = [call.name for call in calls]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise UserError(f"two calls are named {repeated[0]!r}; give one of them a name")
-    return calls
+def _as_graph(calls: tuple[ModelCall, ...]) -> Graph:
+    """The calls as a validated `dataflow.graph.Graph` (unique names, one producer per key, no
+    cycle); keys no call produces are its data keys."""
+    produced = {key for call in calls for key in call.outputs}
+    inputs = dict.fromkeys(k for call in calls for k in call.inputs if k not in produced)
+    return Graph(calls, data_keys=tuple(inputs))
 
 
 def from_calls(calls) -> tuple[ModelCall, ...]:
     """Planner calls from any objects with role / kind / inputs / outputs (and optionally name),
-    in topological order."""
-    return topological(_unique_names(tuple(
-        _make_call(c.role, c.kind, c.inputs, c.outputs, getattr(c, "name", "")) for c in calls)))
-
-
-def topological(calls: tuple[ModelCall, ...]) -> tuple[ModelCall, ...]:
-    """Kahn's algorithm over the data edges, keeping the given order among ready calls."""
-    producer = {key: i for i, call in enumerate(calls) for key in call.outputs}
-    deps = {i: {producer[k] for k in call.inputs if k in producer} - {i}
-            for i, call in enumerate(calls)}
-    order: list[int] = []
-    while len(order) < len(calls):
-        ready = [i for i in range(len(calls)) if i not in order and deps[i] <= set(order)]
-        if not ready:
-            raise UserError("the call graph has a cycle")
-        order.append(ready[0])
-    return tuple(calls[i] for i in order)
+    in topological order (the dataflow graph's, which keeps the given order where it can)."""
+    return _as_graph(tuple(ModelCall(c.role, c.kind, tuple(c.inputs), tuple(c.outputs),
+                                     name=getattr(c, "name", "") or "") for c in calls)).order
 
 
 def call_to_dict(call: ModelCall) -> dict:
@@ -82,12 +62,12 @@ def call_to_dict(call: ModelCall) -> dict:
 
 
 def graph_from_dicts(items: list) -> tuple[ModelCall, ...]:
-    """Inverse of `call_to_dict` over a plan's calls (`name` optional: role.kind)."""
+    """Inverse of `call_to_dict` over a plan's calls, in the plan's order (`name` optional:
+    role.kind); validated as a dataflow graph."""
     try:
-        return _unique_names(tuple(
-            _make_call(d["role"], d["kind"], d["inputs"], d["outputs"], d.get("name", ""))
-            for d in items))
-    except (KeyError, TypeError, AttributeError) as exc:
+        calls = tuple(ModelCall(d["role"], d["kind"], tuple(d["inputs"]), tuple(d["outputs"]),
+                                name=d.get("name", "") or "") for d in items)
+        _as_graph(calls)
+    except (KeyError, TypeError, AttributeError, GraphError) as exc:
         raise UserError(f"bad call in plan graph: {exc}") from None
-    except GraphError as exc:
-        raise UserError(f"bad call in plan graph: {exc}") from None
+    return calls

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fastrlhf.errors import UserError
 from fastrlhf.plan import baselines
 from fastrlhf.plan.evaluate import Evaluation, Evaluator
-from fastrlhf.plan.graphs import get_graph, topological
+from fastrlhf.plan.graphs import from_calls, get_graph
 from fastrlhf.plan.hardware import Cluster
 from fastrlhf.plan.model_spec import ModelSpec
 from fastrlhf.plan.plan import CallPlan, ExecutionPlan, Workload
@@ -52,7 +52,7 @@ def run_planner(algo: str, models: dict, cluster: Cluster, workload: Workload, s
     """Search a plan for `calls` (default: the built-in graph of `algo`, which is then a label)."""
     workload.validate()
     t0 = time.perf_counter()
-    ev = Evaluator(topological(calls) if calls else get_graph(algo), models, cluster, workload)
+    ev = Evaluator(from_calls(calls) if calls else get_graph(algo), models, cluster, workload)
     cands = candidates(ev)
     for idx, cs in enumerate(cands):
         if not cs:
