@@ -192,3 +192,28 @@ def test_actor_freeze_is_for_ppo_only():
     assert load_config(None, ["algorithm.name=ppo", "algorithm.freeze_actor_steps=5"]).algorithm.freeze_actor_steps == 5
     with pytest.raises(UserError, match="freeze_actor_steps"):
         load_config(None, ["algorithm.freeze_actor_steps=5"])
+
+
+def test_zero_steps_is_rejected():
+    """Used to be accepted (`train.steps` was checked >= 0): a run of 0 steps trains nothing."""
+    assert "'train.steps' must be >= 1, got 0" in error_of(overrides=["train.steps=0"])
+    assert load_config(None, ["train.steps=1"]).train.steps == 1
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.lr=" + "9" * 400, "'train.lr' must be a finite number"),  # was OverflowError: int too large for a float
+    ("train.seed=" + "1" * 5000, "'train.seed': cannot parse value"),  # was ValueError: > 4300 digits
+    ("task.digits=[19]", "'task.digits' must be a non-empty list of ints in 1..18"),  # was accepted, failed at run time
+    ("tr\nain.steps=1", r"unknown key 'tr\nain.steps'"),  # the message used to hold the newline
+])
+def test_fuzz_found_override_defects(override, expected):
+    assert expected in error_of(overrides=[override])
+
+
+def test_fuzz_found_yaml_file_defects(tmp_path):
+    deep = write(tmp_path, "[" * 3000, name="deep.yaml")  # was RecursionError
+    assert error_of(deep).startswith(f"{deep}: ")
+    huge = write(tmp_path, "train:\n  seed: " + "7" * 5000 + "\n", name="huge.yaml")  # was ValueError
+    assert error_of(huge).startswith(f"{huge}: cannot read config file")
+    odd = write(tmp_path, '"tr\\nain":\n  steps: 3\n', name="odd.yaml")
+    assert r"unknown section 'tr\nain'" in error_of(odd)

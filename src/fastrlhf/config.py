@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,8 +36,9 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from fastrlhf.config_values import (at_least, convert, greater_than, in_unit_interval, non_empty, option,
-                                    positive_list, type_name)
+                                    digit_counts, type_name)
 from fastrlhf.errors import UserError
+from fastrlhf.files import atomic_path
 from fastrlhf.tasks import BUILTIN_TASKS, task_max_new_tokens
 
 
@@ -69,7 +68,7 @@ class TaskSection:
                                            "(offline DPO); default: the preference task's pairs", non_empty)
     digits: list[int] | None = option(None, "operand sizes (digits) of the built-in arithmetic / worked_addition "
                                             "task, drawn uniformly; unset: the task's default ([1, 2, 3] for "
-                                            "arithmetic, long-tailed 1..8 for worked_addition)", positive_list)
+                                            "arithmetic, long-tailed 1..8 for worked_addition)", digit_counts)
     train_size: int | None = option(None, "built-in tasks: train on only the first N training prompts, in seeded "
                                           "epochs (a finite dataset: prompts come back every N / "
                                           "train.prompts_per_step steps); unset: an endless stream of fresh prompts",
@@ -139,7 +138,7 @@ class AlgorithmSection:
 
 @dataclass
 class TrainSection:
-    steps: int = option(300, "RL steps (one rollout batch + one update each)", at_least(0))
+    steps: int = option(300, "RL steps (one rollout batch + one update each)", at_least(1))
     prompts_per_step: int = option(16, "prompts per step (x samples_per_prompt sequences)",
                                    at_least(1))
     lr: float = option(3e-4, "peak learning rate (AdamW)", greater_than(0.0))
@@ -158,6 +157,12 @@ class TrainSection:
     run_dir: str = option("runs/default", "directory for checkpoints, metrics and the config",
                           non_empty)
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto = CUDA when present, else CPU")
+    max_nonfinite_skips: int = option(3, "a step whose loss or gradient norm is NaN / inf is skipped (the models "
+                                         "keep their pre-step state); this many skips in a row stop the run",
+                                      at_least(1))
+    hang_timeout: float = option(1800.0, "seconds without progress (a model call, a micro-batch) before every "
+                                         "thread's stack is dumped to RUN_DIR/hang-*.txt and the run stops (0 = off)",
+                                 at_least(0.0))
 
 
 @dataclass
@@ -219,17 +224,11 @@ def _unresolved_config() -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write `config` as YAML, atomically (temp file + rename)."""
+    """Write `config` as YAML, atomically and with normal permissions (`files.atomic_path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(config.to_yaml())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        temp.write_text(config.to_yaml(), encoding="utf-8")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -244,6 +243,8 @@ def read_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: invalid YAML{_yaml_location(exc)}") from None
+    except (ValueError, RecursionError) as exc:  # an int of > 4300 digits; nesting deeper than Python's stack
+        raise UserError(f"{path}: cannot read config file ({_short(' '.join(str(exc).split()))})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -258,7 +259,7 @@ def apply_overrides(config: Config, overrides: Sequence[str], source: str = "com
         key, sep, raw = text.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise UserError(f"{source}: override '{text}' must look like section.key=value")
+            raise UserError(f"{source}: override '{_printable(text)}' must look like section.key=value")
         section, spec = _find_field(config, key, source)
         set_value(section, spec, key, _parse_scalar(raw, key, source), source)
 
@@ -268,12 +269,12 @@ def update_from_dict(config: Config, data: Mapping, source: str) -> None:
     for section_name, values in data.items():
         section_name = str(section_name)
         if section_name not in _section_names():
-            raise UserError(f"{source}: unknown section '{section_name}'"
+            raise UserError(f"{source}: unknown section '{_printable(section_name)}'"
                             f"{_suggestion(section_name, _section_names())}")
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise UserError(f"{source}: section '{section_name}' must be a mapping of keys, "
+            raise UserError(f"{source}: section '{_printable(section_name)}' must be a mapping of keys, "
                             f"got {type_name(values)}")
         for field_name, value in values.items():
             key = f"{section_name}.{field_name}"
@@ -324,8 +325,8 @@ def _parse_scalar(raw: str, key: str, source: str) -> Any:
     """An override's value: a YAML scalar, except that str fields keep the raw text."""
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise UserError(f"{source}: '{key}': cannot parse value {raw!r}") from None
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an int of > 4300 digits
+        raise UserError(f"{source}: '{key}': cannot parse value {_short(raw)}") from None
     wants_str = _base_type(_field_type(key)) is str
     if wants_str and value is not None and not isinstance(value, str):
         return raw.strip()
@@ -366,7 +367,7 @@ def _find_field(config: Config, key: str, source: str) -> tuple[Any, dataclasses
         example = all_keys_in(section_name)[0]
         raise UserError(f"{source}: '{key}' is a section; set one of its keys, e.g. '{example}'")
     if key not in all_keys():
-        raise UserError(f"{source}: unknown key '{key}'{_suggestion(key, all_keys())}")
+        raise UserError(f"{source}: unknown key '{_printable(key)}'{_suggestion(key, all_keys())}")
     return getattr(config, section_name), _field_spec(key)
 
 
@@ -388,3 +389,13 @@ def _yaml_location(exc: yaml.YAMLError) -> str:
     if mark is None:
         return f": {problem}"
     return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """`text` quoted for a one-line message (newlines escaped), cut to `limit` characters."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _printable(text: str) -> str:
+    """`text` for a one-line message: unchanged when printable, else with newlines etc. escaped."""
+    return text if text.isprintable() else repr(text)[1:-1]

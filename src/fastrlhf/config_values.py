@@ -41,6 +41,14 @@ def positive_list(value: list) -> str | None:
     return None if value and all(v >= 1 for v in value) else "must be a non-empty list of ints >= 1"
 
 
+MAX_DIGITS = 18  # the built-in arithmetic tasks' largest operand size (tasks/arithmetic.py)
+
+
+def digit_counts(value: list) -> str | None:
+    ok = value and all(1 <= v <= MAX_DIGITS for v in value)
+    return None if ok else f"must be a non-empty list of ints in 1..{MAX_DIGITS}"
+
+
 def option(default: Any, help: str, check: Check | None = None, factory=None):
     """A dataclass field with a help text and an optional range check."""
     metadata = {"help": help, "check": check}
@@ -102,7 +110,10 @@ def _as_float(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond the float range: reported as not finite
+            return math.inf if value > 0 else -math.inf
     if isinstance(value, str):
         try:
             return float(value)

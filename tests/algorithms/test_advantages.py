@@ -12,6 +12,8 @@ from fastrlhf.algorithms.advantages import (
     reinforce_pp_advantages,
     rloo_advantages,
 )
+from fastrlhf.algorithms.objectives import OBJECTIVES, PolicyGradient
+from fastrlhf.config import ALGORITHMS, AlgorithmSection
 
 # Two prompts, three samples each, interleaved and with non-contiguous ids:
 #   group 7: rewards 1, 2, 3 -> mean 2,   sample std sqrt((1+0+1)/2) = 1
@@ -84,14 +86,35 @@ def test_reinforce_pp_discounts_returns():
     torch.testing.assert_close(out, expected, atol=1e-7, rtol=0)
 
 
-def test_registry_returns_token_advantages_zero_off_the_response():
+def test_registry_maps_each_policy_gradient_algorithm_to_token_advantages_zero_off_the_response():
     mask = torch.tensor([[0, 1, 1]] * 6)
-    inputs = AdvantageInputs(rewards=REWARDS, group_index=GROUPS, response_mask=mask)
-    assert set(ADVANTAGE_ESTIMATORS) == {"grpo", "dr_grpo", "rloo", "reinforce_pp"}
+    values = torch.tensor([[0.0, 0.5, -0.5]] * 6, dtype=torch.float64)
+    inputs = AdvantageInputs(rewards=REWARDS, group_index=GROUPS, response_mask=mask, values=values)
+    # the one algorithm -> estimator map: every policy-gradient algorithm of the config, nothing else
+    policy_gradient = {name for name in ALGORITHMS if isinstance(OBJECTIVES[name](None), PolicyGradient)}
+    assert set(ADVANTAGE_ESTIMATORS) == policy_gradient == {"grpo", "rloo", "reinforce_pp", "ppo"}
     for name, estimator in ADVANTAGE_ESTIMATORS.items():
-        out = estimator(inputs)
+        out = estimator(inputs, AlgorithmSection(name=name))
         assert out.shape == (6, 3), name
         assert out[:, 0].abs().max() == 0, name
-    torch.testing.assert_close(ADVANTAGE_ESTIMATORS["dr_grpo"](inputs)[:, 1],
-                               grpo_advantages(REWARDS, GROUPS, normalize_std=False))
-    torch.testing.assert_close(ADVANTAGE_ESTIMATORS["rloo"](inputs)[:, 2], rloo_advantages(REWARDS, GROUPS))
+    torch.testing.assert_close(ADVANTAGE_ESTIMATORS["grpo"](inputs, AlgorithmSection())[:, 1],
+                               grpo_advantages(REWARDS, GROUPS))
+    torch.testing.assert_close(ADVANTAGE_ESTIMATORS["grpo"](inputs, AlgorithmSection(normalize_std=False))[:, 1],
+                               grpo_advantages(REWARDS, GROUPS, normalize_std=False))  # Dr. GRPO
+    torch.testing.assert_close(ADVANTAGE_ESTIMATORS["rloo"](inputs, AlgorithmSection(name="rloo"))[:, 2],
+                               rloo_advantages(REWARDS, GROUPS))
+
+
+def test_registry_reads_the_kl_penalty_only_when_token_kl_is_given():
+    # one sample, reward 1 on the last of 2 tokens, k1 = 0.5 per token, kl_coef 0.2, gamma 1:
+    # token rewards -0.1, 1 - 0.1 = 0.9 -> returns 0.8, 0.9; whitened: mean 0.85, population std 0.05
+    mask = torch.ones(1, 2)
+    kl = torch.full((1, 2), 0.5, dtype=torch.float64)
+    cfg = AlgorithmSection(name="reinforce_pp", kl_coef=0.2)
+    rewards = torch.tensor([1.0], dtype=torch.float64)
+    with_kl = ADVANTAGE_ESTIMATORS["reinforce_pp"](AdvantageInputs(rewards, None, mask, token_kl=kl), cfg)
+    torch.testing.assert_close(with_kl, torch.tensor([[-0.05, 0.05]], dtype=torch.float64) / (0.05 + 1e-8),
+                               atol=1e-6, rtol=0)
+    # without token_kl the returns are 1, 1: whitened to 0
+    without = ADVANTAGE_ESTIMATORS["reinforce_pp"](AdvantageInputs(rewards, None, mask), cfg)
+    torch.testing.assert_close(without, torch.zeros(1, 2, dtype=torch.float64), atol=1e-6, rtol=0)

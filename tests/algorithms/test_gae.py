@@ -1,10 +1,12 @@
-"""GAE, whitening and PPO token rewards on hand-worked examples (float64, tolerance 1e-7)."""
+"""GAE, whitening, PPO token rewards and the PPO estimator on hand-worked examples (float64, tolerance 1e-7)."""
 
 import math
 
 import torch
 
-from fastrlhf.algorithms.advantages import gae, ppo_token_rewards, whiten
+from fastrlhf.algorithms.advantages import (ADVANTAGE_ESTIMATORS, AdvantageInputs, gae, ppo_advantages_and_returns,
+                                            ppo_token_rewards, whiten)
+from fastrlhf.config import AlgorithmSection
 
 TOL = dict(atol=1e-7, rtol=0)
 F64 = dict(dtype=torch.float64)
@@ -67,16 +69,39 @@ def test_whiten_uses_batch_mean_and_population_std_over_masked_tokens():
     torch.testing.assert_close(whiten(values, mask, shift_mean=False), kept_mean, **TOL)
 
 
+SCORES = torch.tensor([2.0, -1.0], **F64)
+LOGPROBS = torch.tensor([[-9.0, -1.0, -0.5, -2.0, -9.0], [-9.0, -0.2, -0.3, -0.4, -0.5]], **F64)
+REF_LOGPROBS = torch.tensor([[0.0, -1.5, -0.5, -1.0, 0.0], [0.0, -0.4, -0.3, -0.2, -0.5]], **F64)
+
+
 def test_ppo_token_rewards_score_on_last_token_minus_k1_kl():
-    scores = torch.tensor([2.0, -1.0], **F64)
-    logprobs = torch.tensor([[-9.0, -1.0, -0.5, -2.0, -9.0], [-9.0, -0.2, -0.3, -0.4, -0.5]], **F64)
-    ref_logprobs = torch.tensor([[0.0, -1.5, -0.5, -1.0, 0.0], [0.0, -0.4, -0.3, -0.2, -0.5]], **F64)
     # k1 = logp - ref: row 0: 0.5, 0.0, -1.0;  row 1: 0.2, 0.0, -0.2, 0.0   (kl_coef 0.1)
     # row 0: -0.05, 0, 2.0 + 0.1 = 2.1 (score on position 3, not the padded 4)
     # row 1: -0.02, 0, 0.02, -1.0 - 0 = -1.0
     expected = torch.tensor([[0.0, -0.05, 0.0, 2.1, 0.0], [0.0, -0.02, 0.0, 0.02, -1.0]], **F64)
-    out = ppo_token_rewards(scores, logprobs, ref_logprobs, MASK, kl_coef=0.1)
+    out = ppo_token_rewards(SCORES, LOGPROBS, REF_LOGPROBS, MASK, kl_coef=0.1)
     torch.testing.assert_close(out, expected, **TOL)
-    without_ref = ppo_token_rewards(scores, logprobs, None, MASK, kl_coef=0.1)
+    without_ref = ppo_token_rewards(SCORES, LOGPROBS, None, MASK, kl_coef=0.1)
     expected = torch.tensor([[0.0, 0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0, -1.0]], **F64)
     torch.testing.assert_close(without_ref, expected, **TOL)
+
+
+def test_ppo_estimator_is_gae_over_ppo_token_rewards_then_whitening():
+    # token rewards from the test above; GAE with VALUES, gamma 0.9, lambda 0.8 (gamma * lam = 0.72):
+    # row 0: t3: delta = 2.1 - 3 = -0.9                A = -0.9
+    #        t2: delta = 0 + 0.9*3 - 2 = 0.7           A = 0.7 + 0.72*(-0.9) = 0.052
+    #        t1: delta = -0.05 + 0.9*2 - 1 = 0.75      A = 0.75 + 0.72*0.052 = 0.78744
+    # row 1: t4: delta = -1 - 2 = -3                   A = -3
+    #        t3: delta = 0.02 + 0.9*2 - 0 = 1.82       A = 1.82 + 0.72*(-3) = -0.34
+    #        t2: delta = 0 + 0 + 1 = 1                 A = 1 + 0.72*(-0.34) = 0.7552
+    #        t1: delta = -0.02 + 0.9*(-1) - 0.5 = -1.42  A = -1.42 + 0.72*0.7552 = -0.876256
+    advantages = torch.tensor([[0.0, 0.78744, 0.052, -0.9, 0.0], [0.0, -0.876256, 0.7552, -0.34, -3.0]], **F64)
+    returns = advantages + VALUES * MASK  # row 0: 1.78744, 2.052, 2.1;  row 1: -0.376256, -0.2448, -0.34, -1
+    inputs = AdvantageInputs(SCORES, None, MASK, token_kl=LOGPROBS - REF_LOGPROBS, values=VALUES)
+    cfg = AlgorithmSection(name="ppo", kl_coef=0.1, gae_gamma=GAMMA, gae_lambda=LAM, whiten_advantages=False)
+    out_advantages, out_returns = ppo_advantages_and_returns(inputs, cfg)
+    torch.testing.assert_close(out_advantages, advantages, **TOL)
+    torch.testing.assert_close(out_returns, returns, **TOL)
+    cfg.whiten_advantages = True  # whitened advantages; returns untouched
+    torch.testing.assert_close(ADVANTAGE_ESTIMATORS["ppo"](inputs, cfg), whiten(advantages, MASK), **TOL)
+    torch.testing.assert_close(ppo_advantages_and_returns(inputs, cfg)[1], returns, **TOL)

@@ -5,6 +5,7 @@ import torch
 from fastrlhf.algorithms.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs
 from fastrlhf.algorithms.graphs import GRAPHS, grpo_graph
 from fastrlhf.algorithms.losses.policy import clipped_policy_loss
+from fastrlhf.config import AlgorithmSection
 from fastrlhf.dataflow import Batch, LocalExecutor
 
 VOCAB, RESPONSE_TOKENS, SAMPLES = 4, 2, 8
@@ -39,7 +40,7 @@ class TabularActor:
 
     def train(self, batch):
         inputs = AdvantageInputs(batch["rewards"], batch["prompt_index"], batch["response_mask"])
-        advantages = ADVANTAGE_ESTIMATORS["grpo"](inputs)  # [N, T]
+        advantages = ADVANTAGE_ESTIMATORS["grpo"](inputs, AlgorithmSection())  # [N, T]
         loss, stats = clipped_policy_loss(
             self.token_logprobs(batch["sequences"]), batch["logprobs"], advantages, batch["response_mask"],
             clip_low=0.2, clip_high=0.28, aggregation="sequence_mean",

@@ -135,8 +135,11 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path):
     (tmp_path / "pickle" / "pytorch_model.bin").write_bytes(b"x")
     with pytest.raises(UserError, match="safetensors only"):
         load_model(tmp_path / "pickle")
-    with pytest.raises(UserError, match="not a directory"):
+    with pytest.raises(UserError, match="nowhere: model directory does not exist"):
         load_model(tmp_path / "nowhere")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match="a_file: not a directory"):
+        load_model(tmp_path / "a_file")
 
 
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):

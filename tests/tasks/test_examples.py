@@ -1,5 +1,7 @@
 """SFT / preference JSONL loaders: good rows kept, each bad line a one-line error naming file:line."""
 
+import json
+
 import pytest
 
 from fastrlhf.errors import UserError
@@ -51,3 +53,30 @@ def test_empty_missing_and_undecodable_files(tmp_path, loader, what):
     bad.write_bytes(b'{"prompt": "\xe9"}\n')
     with pytest.raises(UserError, match="not UTF-8"):
         loader(bad)
+
+
+@pytest.mark.parametrize("loader, row", [
+    (load_sft_examples, {"prompt": "a\u2028b", "response": "c\x85d\x0be"}),
+    (load_preference_pairs, {"prompt": "p", "chosen": "x\u2029y", "rejected": "\x1c"}),
+])
+def test_rows_with_unicode_line_separators_in_strings_load(tmp_path, loader, row):
+    """JSONL lines end at \\n only; `str.splitlines` used to cut a valid row at U+2028 / U+0085 / \\x0b."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert loader(path) == [row]
+
+
+@pytest.mark.parametrize("loader, line, problem", [
+    (load_sft_examples, "[" * 5000, "not valid JSON"),  # was RecursionError
+    (load_preference_pairs, '{"prompt": "x", "chosen": "a", "rejected": "b", "n": ' + "7" * 5000 + "}",
+     "not valid JSON"),  # was ValueError (> 4300 digits)
+    (load_sft_examples, '{"prompt": "x", "response": "\\udc00"}', '"response" is not valid Unicode text'),  # was a
+    # tokenizer TypeError traceback in `fastrlhf sft`
+    (load_preference_pairs, '{"\\r": 1}', 'missing "prompt" (keys: \\r)'),  # the message used to hold the CR
+])
+def test_fuzz_found_line_defects(tmp_path, loader, line, problem):
+    path = write(tmp_path, line + "\n")
+    with pytest.raises(UserError) as info:
+        loader(path)
+    assert str(info.value).startswith(f"{path}:1: ") and problem in str(info.value)
+    assert "\n" not in str(info.value) and "\r" not in str(info.value)

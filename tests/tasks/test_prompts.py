@@ -1,5 +1,7 @@
 """JSONL prompt loading: good rows kept in order, each kind of bad line named by file:line."""
 
+import json
+
 import pytest
 
 from fastrlhf.errors import UserError
@@ -53,3 +55,31 @@ def test_missing_file_and_bad_encoding(tmp_path):
     path.write_bytes(b'{"prompt": "caf\xe9"}\n')
     with pytest.raises(UserError, match="not UTF-8"):
         load_prompts(path)
+
+
+def test_rows_with_unicode_line_separators_in_strings_load(tmp_path):
+    """JSONL lines end at \\n only; `str.splitlines` used to cut a valid row at U+2028 / U+0085 / \\x0c."""
+    rows = [{"prompt": "a\u2028b", "answer": "x\x85y\x0cz"}, {"prompt": "c"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    assert load_prompts(path) == rows
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("[" * 5000, "not valid JSON"),  # was RecursionError
+    ('{"prompt": "x", "answer": ' + "7" * 5000 + "}", "not valid JSON"),  # was ValueError (> 4300 digits)
+    ('{"prompt": "\\ud800"}', "not valid Unicode text"),  # was a tokenizer TypeError much later
+    ('{"a\\nb": 1}', 'missing "prompt" (keys: a\\nb)'),  # the message used to hold the newline
+])
+def test_fuzz_found_line_defects(tmp_path, line, problem):
+    path = write(tmp_path, line + "\n")
+    with pytest.raises(UserError) as info:
+        load_prompts(path)
+    assert str(info.value).startswith(f"{path}:1: ") and problem in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "x"}\n')
+    assert load_prompts(path) == [{"prompt": "x"}]

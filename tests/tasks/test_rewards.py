@@ -115,3 +115,25 @@ def test_missing_field_is_reported_as_a_user_error():
 def test_field_length_mismatch_is_a_caller_bug():
     with pytest.raises(ValueError):
         score(arithmetic.reward, ["1", "2"], {"answer": ["1"]})
+
+
+def test_messages_about_a_file_reward_name_the_users_spec(tmp_path):
+    """Used to name the internal module: "reward function 'fastrlhf_user_reward_<digits>:fn' raised ..."."""
+    path = tmp_path / "my_rewards.py"
+    path.write_text("import sys\n"
+                    "def raises(completions, **fields):\n"
+                    "    raise ValueError('bad answer in ' + __name__)\n"
+                    "def short(completions, **fields):\n"
+                    "    return [1.0]\n"
+                    "def nan(completions, **fields):\n"
+                    "    return [float('nan')] * len(completions)\n"
+                    "def text(completions, **fields):\n"
+                    "    return 'x'\n")
+    for name, problem in [("raises", "raised ValueError: bad answer in"), ("short", "returned 1 rewards for 2"),
+                          ("nan", "returned nan at index 0"), ("text", "must return a list of floats")]:
+        spec = f"{path}:{name}"
+        with pytest.raises(UserError) as info:
+            score(load_reward(spec), ["a", "b"], {})
+        message = str(info.value)
+        assert message.startswith(f"reward function '{spec}' ") and problem in message, message
+        assert "fastrlhf_user_reward" not in message and "\n" not in message

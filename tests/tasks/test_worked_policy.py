@@ -76,7 +76,7 @@ def test_every_builtin_task_has_a_source_and_a_policy():
     from fastrlhf.config import load_config
     from fastrlhf.tasks import BUILTIN_TASKS
     from fastrlhf.train.data import BUILTIN_SOURCES, prompt_source
-    from fastrlhf.train.loop import BUILTIN_POLICIES, model_directory
+    from fastrlhf.train.build import BUILTIN_POLICIES, model_directory
 
     assert set(BUILTIN_SOURCES) == set(BUILTIN_POLICIES) == set(BUILTIN_TASKS)
     config = load_config(None, ["task.name=worked_addition", "task.eval_size=10"])

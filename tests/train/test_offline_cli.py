@@ -82,7 +82,8 @@ def _bad_cases(tmp_path, model_dir):
         "missing data": (["sft", str(tmp_path / "absent.jsonl"), *common], "absent.jsonl: SFT examples file not found"),
         "bad row": (["sft", str(bad_json), *common], "bad.jsonl:2: not valid JSON"),
         "pairs file given to sft": (["train-rm", str(good_sft), *common], 'good.jsonl:1: missing "chosen"'),
-        "missing model": (["sft", str(good_sft), "--model", str(tmp_path / "nomodel"), "--quiet"], "nomodel: not a directory"),
+        "missing model": (["sft", str(good_sft), "--model", str(tmp_path / "nomodel"), "--quiet"],
+                          "nomodel: model directory does not exist"),
         "zero steps": (["sft", str(good_sft), *common, "--steps", "0"], "--steps must be ≥ 1"),
         "negative lr": (["train-rm", str(good_sft), *common, "--lr", "-1"], "--lr must be > 0"),
         "eval fraction": (["sft", str(good_sft), *common, "--eval-fraction", "1.5"], "--eval-fraction must be in [0, 1)"),
@@ -110,3 +111,60 @@ def test_non_empty_out_dir_is_refused_and_kept(model_dir, tmp_path, capsys):
     assert main(["sft", str(data), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 2
     assert "already exists and is not an empty directory" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+# ------------------------------------------------------------------ --device
+@pytest.mark.parametrize("command", ["sft", "train-rm"])
+def test_device_cpu_trains_on_the_cpu(model_dir, tmp_path, capsys, command):
+    rows = reversal_rows(8) if command == "sft" else last_digit_pairs(8)
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "out"
+    assert main([command, str(data), "--model", str(model_dir), "--out", str(out), "--steps", "2", "--batch-size", "4",
+                 "--device", "cpu", "--quiet"]) == 0, capsys.readouterr().err
+    assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("command", ["sft", "train-rm"])
+def test_device_cuda_without_cuda_is_a_one_line_error(model_dir, tmp_path, capsys, monkeypatch, command):
+    """Before: `--device` did not exist (the commands always ran on the CPU)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = write_jsonl(tmp_path / "data.jsonl", reversal_rows(8) if command == "sft" else last_digit_pairs(8))
+    out = tmp_path / "out"
+    assert main([command, str(data), "--model", str(model_dir), "--out", str(out), "--device", "cuda", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastrlhf: error: --device cuda, but no CUDA device is available") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["sft", "train-rm"])
+def test_device_auto_uses_cuda_when_available(model_dir, tmp_path, monkeypatch, command):
+    """`--device auto` (the default) puts the model and every batch on CUDA when there is one."""
+    import torch
+
+    import fastrlhf.model.hf_io as hf_io
+
+    seen = {}
+    real = hf_io.load_model_and_tokenizer
+
+    def spy(path, dtype=torch.float32, device="cpu"):
+        seen["device"] = torch.device(device)
+        return real(path, dtype=dtype, device="cpu")  # record the choice; train where this machine can
+    monkeypatch.setattr(hf_io, "load_model_and_tokenizer", spy)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    data = write_jsonl(tmp_path / "data.jsonl", reversal_rows(8) if command == "sft" else last_digit_pairs(8))
+    assert main([command, str(data), "--model", str(model_dir), "--out", str(tmp_path / "out"), "--steps", "1",
+                 "--quiet"]) == 0
+    assert seen["device"] == torch.device("cuda")
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()")
+@pytest.mark.parametrize("command", ["sft", "train-rm"])
+def test_device_cuda_trains_on_the_gpu(model_dir, tmp_path, command):
+    data = write_jsonl(tmp_path / "data.jsonl", reversal_rows(40) if command == "sft" else last_digit_pairs(40))
+    out = tmp_path / "out"
+    assert main([command, str(data), "--model", str(model_dir), "--out", str(out), "--steps", "3", "--batch-size", "8",
+                 "--device", "cuda", "--quiet"]) == 0
+    assert load_model(out).config.vocab_size == 20
+

@@ -7,23 +7,7 @@ import pytest
 import torch
 
 from fastrlhf.cli import main
-from fastrlhf.model.config import ModelConfig
-from fastrlhf.model.decoder import CausalLM
-from fastrlhf.model.hf_io import copy_tokenizer_files, save_model
-from fastrlhf.model.tokenizer import load_tokenizer
 from fastrlhf.tasks.reward_server import make_server
-from fastrlhf.tasks.tokenizer_builder import build_task_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("policy")
-    tok_dir = build_task_tokenizer(root / "tok")
-    tok = load_tokenizer(tok_dir)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                      num_kv_heads=2, head_dim=8, max_position_embeddings=64, eos_token_id=tok.eos_token_id)
-    return save_model(CausalLM(cfg), root / "model", extra_files=copy_tokenizer_files(tok_dir))
 
 
 @pytest.fixture

@@ -6,33 +6,10 @@ from safetensors.torch import load_file
 
 from fastrlhf.cli import main
 from fastrlhf.config import load_config
-from fastrlhf.model.config import ModelConfig
-from fastrlhf.model.decoder import CausalLM
-from fastrlhf.model.hf_io import copy_tokenizer_files, load_model, save_model
-from fastrlhf.model.tokenizer import load_tokenizer
+from fastrlhf.model.hf_io import load_model
 from fastrlhf.rollout.engine import RolloutEngine
 from fastrlhf.rollout.sampler import SamplingParams
-from fastrlhf.tasks.tokenizer_builder import build_task_tokenizer
 from fastrlhf.train.loop import train
-
-
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("policy")
-    tok_dir = build_task_tokenizer(root / "tok")
-    tok = load_tokenizer(tok_dir)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                      num_kv_heads=2, head_dim=8, max_position_embeddings=64, eos_token_id=tok.eos_token_id)
-    return save_model(CausalLM(cfg), root / "model", extra_files=copy_tokenizer_files(tok_dir))
-
-
-@pytest.fixture(scope="module")
-def digit_reward(tmp_path_factory):
-    """A reward a random policy can move: the number of digits in the completion."""
-    path = tmp_path_factory.mktemp("reward") / "digit_reward.py"
-    path.write_text("def count(completions, **fields):\n    return [float(sum(ch.isdigit() for ch in c)) for c in completions]\n")
-    return f"{path}:count"
 
 
 def config(tiny_policy, run_dir, steps, extra=()):

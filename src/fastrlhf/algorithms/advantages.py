@@ -19,9 +19,11 @@ integer ids work, they need not be contiguous.
   the returns whitened over all response tokens of the batch:
       A_t = (G_t - mean(G)) / (std(G) + eps),  mean/std over masked tokens (population std).
 
-GRPO and RLOO are per-sequence; `ADVANTAGE_ESTIMATORS` wraps all three to one signature that
-returns token-level advantages [N, T] (sequence advantages broadcast over response tokens, 0 on
-padding), so a trainer picks an estimator by name.
+`ADVANTAGE_ESTIMATORS` is the one map from an algorithm name (`algorithm.name`: grpo, rloo,
+reinforce_pp, ppo) to its estimator, `estimator(AdvantageInputs, algorithm_section)` -> token
+advantages [N, T] (GRPO / RLOO's sequence advantages broadcast over response tokens, 0 on padding).
+The section supplies the options: normalize_std (GRPO; false = Dr. GRPO), kl_coef (REINFORCE++ and
+PPO, used when `AdvantageInputs.token_kl` is given), gae_gamma / gae_lambda / whiten_advantages (PPO).
 
 PPO with a critic (Schulman et al. 2017; rewards as in Ouyang et al. 2022, InstructGPT eq. 2):
 * `ppo_token_rewards` puts the sequence score on the last response token and the "KL in the
@@ -48,7 +50,6 @@ adaptive KL controllers (the caller owns `kl_coef`).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -126,13 +127,10 @@ def reinforce_pp_advantages(
     eps: float = WHITEN_EPS,
 ) -> torch.Tensor:                         # [N, T], 0 off the response
     """REINFORCE++ token advantages: discounted returns of (outcome - beta*KL), whitened over the batch."""
-    mask = response_mask.to(rewards.dtype)
-    token_rewards = _outcome_on_last_token(rewards, response_mask)  # [N, T]
-    if token_kl is not None:
-        token_rewards = token_rewards - kl_coef * token_kl * mask
+    token_rewards = _kl_penalised_rewards(rewards, response_mask, token_kl, kl_coef)  # [N, T]
     returns = torch.zeros_like(token_rewards)  # [N, T]
     running = torch.zeros_like(rewards)        # [N]
-    for t in reversed(range(mask.shape[1])):
+    for t in reversed(range(token_rewards.shape[1])):
         running = token_rewards[:, t] + gamma * running
         returns[:, t] = running
     return whiten(returns, response_mask, eps=eps)
@@ -177,11 +175,17 @@ def ppo_token_rewards(
     kl_coef: float,
 ) -> torch.Tensor:                      # [N, T], 0 off the response
     """InstructGPT's "KL in the reward": score on the last token, -kl_coef * k1 on every token."""
+    k1 = None if ref_logprobs is None else logprobs - ref_logprobs  # [N, T]
+    return _kl_penalised_rewards(scores, response_mask, k1, kl_coef)
+
+
+def _kl_penalised_rewards(scores: torch.Tensor, response_mask: torch.Tensor, token_kl: torch.Tensor | None,
+                          kl_coef: float) -> torch.Tensor:
+    """[N, T]: each score on its row's last response token, minus kl_coef * token_kl on every response token."""
     token_rewards = _outcome_on_last_token(scores, response_mask)  # [N, T]
-    if ref_logprobs is None:
+    if token_kl is None:
         return token_rewards
-    k1 = (logprobs - ref_logprobs).detach()  # [N, T]
-    return token_rewards - kl_coef * k1 * response_mask.to(token_rewards.dtype)
+    return token_rewards - kl_coef * token_kl.detach() * response_mask.to(token_rewards.dtype)
 
 
 def gae(
@@ -211,10 +215,27 @@ def gae(
 class AdvantageInputs:
     """Everything any registered estimator may need, one row per sample."""
 
-    rewards: torch.Tensor                 # [N] scalar reward per sample
-    group_index: torch.Tensor             # [N] prompt id of each sample
-    response_mask: torch.Tensor           # [N, T] 1 on response tokens
-    token_kl: torch.Tensor | None = None  # [N, T] per-token KL to the reference (REINFORCE++)
+    rewards: torch.Tensor                      # [N] scalar reward per sample
+    group_index: torch.Tensor | None           # [N] prompt id of each sample (GRPO / RLOO groups)
+    response_mask: torch.Tensor                # [N, T] 1 on response tokens
+    token_kl: torch.Tensor | None = None       # [N, T] k1 = log pi_old - log pi_ref per token; given only
+                                               #   when the KL penalty lives in the reward (REINFORCE++, PPO)
+    values: torch.Tensor | None = None         # [N, T] critic values aligned with tokens (PPO)
+
+
+def ppo_advantages_and_returns(inputs: AdvantageInputs, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO (advantages, returns), both [N, T]: GAE over `ppo_token_rewards` and the critic's values.
+
+    Advantages are whitened over the batch when `cfg.whiten_advantages`; returns (the critic's
+    targets) are not.
+    """
+    kl_coef = cfg.kl_coef if inputs.token_kl is not None else 0.0
+    token_rewards = _kl_penalised_rewards(inputs.rewards, inputs.response_mask, inputs.token_kl, kl_coef)
+    advantages, returns = gae(token_rewards, inputs.values, inputs.response_mask, gamma=cfg.gae_gamma,
+                              lam=cfg.gae_lambda)
+    if cfg.whiten_advantages:
+        advantages = whiten(advantages, inputs.response_mask)
+    return advantages, returns
 
 
 def _per_token(sequence_advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -222,22 +243,28 @@ def _per_token(sequence_advantages: torch.Tensor, response_mask: torch.Tensor) -
     return sequence_advantages[:, None] * response_mask.to(sequence_advantages.dtype)
 
 
-def _grpo_tokens(inputs: AdvantageInputs, **options) -> torch.Tensor:
-    return _per_token(grpo_advantages(inputs.rewards, inputs.group_index, **options), inputs.response_mask)
+def _grpo(inputs: AdvantageInputs, cfg) -> torch.Tensor:
+    advantages = grpo_advantages(inputs.rewards, inputs.group_index, normalize_std=cfg.normalize_std)
+    return _per_token(advantages, inputs.response_mask)
 
 
-def _rloo_tokens(inputs: AdvantageInputs) -> torch.Tensor:
+def _rloo(inputs: AdvantageInputs, cfg) -> torch.Tensor:
     return _per_token(rloo_advantages(inputs.rewards, inputs.group_index), inputs.response_mask)
 
 
-def _reinforce_pp_tokens(inputs: AdvantageInputs, **options) -> torch.Tensor:
-    return reinforce_pp_advantages(inputs.rewards, inputs.response_mask, inputs.token_kl, **options)
+def _reinforce_pp(inputs: AdvantageInputs, cfg) -> torch.Tensor:
+    kl_coef = cfg.kl_coef if inputs.token_kl is not None else 0.0
+    return reinforce_pp_advantages(inputs.rewards, inputs.response_mask, inputs.token_kl, kl_coef=kl_coef)
 
 
-# name -> estimator(AdvantageInputs, **options) -> token advantages [N, T]
-ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
-    "grpo": _grpo_tokens,
-    "dr_grpo": functools.partial(_grpo_tokens, normalize_std=False),
-    "rloo": _rloo_tokens,
-    "reinforce_pp": _reinforce_pp_tokens,
+def _ppo(inputs: AdvantageInputs, cfg) -> torch.Tensor:
+    return ppo_advantages_and_returns(inputs, cfg)[0]
+
+
+# algorithm name -> estimator(AdvantageInputs, algorithm section) -> token advantages [N, T]
+ADVANTAGE_ESTIMATORS: dict[str, Callable[[AdvantageInputs, object], torch.Tensor]] = {
+    "grpo": _grpo,                  # normalize_std=False: Dr. GRPO
+    "rloo": _rloo,
+    "reinforce_pp": _reinforce_pp,  # reads kl_coef when token_kl is given
+    "ppo": _ppo,                    # needs values; reads kl_coef, gae_gamma, gae_lambda, whiten_advantages
 }

@@ -7,10 +7,10 @@ import argparse
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 from fastrlhf.errors import UserError
+from fastrlhf.files import atomic_path
 
 SECTION = "## Rollout engine vs transformers generate"
 SPEC_SECTION = "## Speculative rollouts (GRPO n = 8, {task} task, {scenario})"
@@ -65,12 +65,7 @@ def run_rollout(args: argparse.Namespace) -> int:
                      compile_modes=modes, threads=args.threads)
     print(f"benchmarking rollout: batch sizes {spec.batch_sizes}, {spec.new_tokens} new tokens, {spec.repeats} repeats", file=sys.stderr)
     rows, info = run(spec, log=lambda line: print(line, file=sys.stderr))
-    table = markdown_table(rows, spec, info, command)
-    print(table)
-    if args.write:
-        write_section(Path(args.write), SECTION, table)
-        print(f"wrote {args.write}", file=sys.stderr)
-    return 0
+    return _publish(markdown_table(rows, spec, info, command), args.write, SECTION)
 
 
 def run_speculative(args: argparse.Namespace, command: str) -> int:
@@ -85,11 +80,16 @@ def run_speculative(args: argparse.Namespace, command: str) -> int:
                          threads=args.threads, seen_prompts=args.seen_prompts)
     print(f"benchmarking speculative rollouts: batch sizes {spec.batch_sizes}, γ {spec.gammas}, {spec.repeats} repeats", file=sys.stderr)
     rows, info = run(spec, log=lambda line: print(line, file=sys.stderr))
-    table = markdown_table(rows, spec, info, command)
+    scenario = "prompts seen an epoch earlier" if args.seen_prompts else "first epoch"
+    return _publish(markdown_table(rows, spec, info, command), args.write, SPEC_SECTION.format(task=args.task, scenario=scenario))
+
+
+def _publish(table: str, write: str | None, heading: str) -> int:
+    """Print the table; with --write, also replace its section in that markdown file."""
     print(table)
-    if args.write:
-        write_section(Path(args.write), SPEC_SECTION.format(task=args.task, scenario="prompts seen an epoch earlier" if args.seen_prompts else "first epoch"), table)
-        print(f"wrote {args.write}", file=sys.stderr)
+    if write:
+        write_section(Path(write), heading, table)
+        print(f"wrote {write}", file=sys.stderr)
     return 0
 
 
@@ -102,7 +102,5 @@ def write_section(path: Path, heading: str, body: str) -> None:
     else:
         end = text.find("\n## ", start + len(heading))
         text = text[:start] + f"{heading}\n\n{body}" + (text[end:] if end != -1 else "")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

@@ -56,10 +56,13 @@ class IterationResult:
 class LocalExecutor:
     """Runs a graph's calls in order on in-process workers (role -> worker object)."""
 
-    def __init__(self, graph: Graph, workers: Mapping[str, object], clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, graph: Graph, workers: Mapping[str, object], clock: Callable[[], float] = time.perf_counter,
+                 on_call: Callable[[str], None] | None = None):
+        """`on_call(name)` is told before each call starts (the run's hang watchdog listens)."""
         self.graph = graph
         self.workers = dict(workers)
         self.clock = clock
+        self.on_call = on_call
         _check_workers(graph, self.workers)
 
     def run(self, data: Batch) -> IterationResult:
@@ -75,6 +78,8 @@ class LocalExecutor:
     def _run_call(self, call: ModelCall, result: IterationResult) -> None:
         method = getattr(self.workers[call.role], call.kind)
         inputs = result.batch.select_keys(call.inputs)
+        if self.on_call is not None:
+            self.on_call(call.name)
         started = self.clock()
         returned = method(inputs)
         result.seconds[call.name] = self.clock() - started

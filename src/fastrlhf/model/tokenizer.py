@@ -3,6 +3,10 @@
 `Tokenizer` wraps `transformers.AutoTokenizer` (fast tokenizers only) with the three things the rest
 of fastrlhf needs: prompt text → ids (through the chat template when the directory has one and the
 caller asks for it), ids → text, and the stop / pad token ids. Bad directories are `UserError`s.
+`vocab_size` is the number of ids the tokenizer can produce (highest id + 1, added tokens included);
+`decode` drops ids outside it, so ids of a padded model vocabulary (model vocab_size larger than the
+tokenizer's, e.g. Qwen2's 151936 for 151665 tokens) decode to nothing. `model.hf_io.check_vocab`
+compares the two sizes when a model and its tokenizer are loaded together.
 
 Left out: slow (sentencepiece-only) tokenizers and multimodal processors.
 """
@@ -19,6 +23,8 @@ class Tokenizer:
     def __init__(self, hf_tokenizer, source: str = ""):
         self.hf = hf_tokenizer
         self.source = source
+        ids = hf_tokenizer.get_vocab().values()
+        self._id_bound = max(len(hf_tokenizer), max(ids, default=-1) + 1)
 
     @property
     def has_chat_template(self) -> bool:
@@ -35,7 +41,8 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return len(self.hf)
+        """Ids this tokenizer can produce: 0 .. vocab_size - 1 (added tokens included)."""
+        return self._id_bound
 
     def stop_token_ids(self) -> list[int]:
         ids = {self.hf.eos_token_id} if self.hf.eos_token_id is not None else set()
@@ -59,7 +66,10 @@ class Tokenizer:
         return list(self.hf(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        """ids → text; ids the tokenizer does not know (a padded model vocabulary's extra rows) decode to nothing."""
+        bound = self._id_bound
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        return self.hf.decode([i for i in ids if 0 <= i < bound], skip_special_tokens=skip_special_tokens)
 
     def save(self, out_dir: str | os.PathLike) -> None:
         self.hf.save_pretrained(str(out_dir))
@@ -67,6 +77,10 @@ class Tokenizer:
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: model directory does not exist")
+    if not path.is_dir():
+        raise UserError(f"{path}: not a directory (expected a Hugging Face model directory with tokenizer.json)")
     if not (path / "tokenizer.json").is_file():
         raise UserError(f"{path}: no tokenizer.json (fastrlhf needs a fast Hugging Face tokenizer directory)")
     try:

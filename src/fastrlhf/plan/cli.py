@@ -1,16 +1,17 @@
 """`fastrlhf plan` (search a plan) and `fastrlhf simulate PLAN.json` (re-simulate a saved plan).
 
-Outputs are written to temporary files beside their destinations and renamed only once the whole
-command has succeeded, so a failed run leaves no partial file behind.
+Outputs are written to temporary files beside their destinations (`files.atomic_path`) and renamed
+only once all of them have been written, so a failed run leaves no partial file behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import tempfile
 
 from fastrlhf.errors import UserError
+from fastrlhf.files import atomic_path
 from fastrlhf.plan.graphs import GRAPHS
 from fastrlhf.plan.hardware import load_cluster
 from fastrlhf.plan.model_spec import load_model_spec
@@ -109,35 +110,18 @@ def format_table(plan, evaluation) -> str:
 
 
 def _write_outputs(text: str | None, path: str | None, sim, gantt: str | None) -> None:
-    """Write every output to a temp file first; rename all only when all were written."""
+    """Write every output to a temp file first (files.atomic_path); rename them only when all were written."""
     from fastrlhf.plan.gantt import draw_gantt
 
-    pending = []
+    for out in ([path] if text is not None else []) + ([gantt] if gantt else []):
+        directory = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(directory):
+            raise UserError(f"output directory {directory} does not exist")
     try:
-        if text is not None:
-            pending.append((_temp_for(path), path))
-            with open(pending[-1][0], "w") as fh:
-                fh.write(text + "\n")
-        if gantt:
-            pending.append((_temp_for(gantt), gantt))
-            draw_gantt(sim, pending[-1][0])
-        for tmp, final in pending:
-            os.replace(tmp, final)
+        with contextlib.ExitStack() as pending:  # an error anywhere deletes every temp file, renames none
+            if text is not None:
+                pending.enter_context(atomic_path(path)).write_text(text + "\n")
+            if gantt:
+                draw_gantt(sim, str(pending.enter_context(atomic_path(gantt))))
     except OSError as exc:
         raise UserError(f"cannot write output: {exc}") from None
-    finally:
-        for tmp, _ in pending:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def _temp_for(path: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UserError(f"output directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-    return tmp

@@ -12,7 +12,14 @@ distribution (from the same `sampling_logprobs` the trainer uses), its finish re
 version that produced it.
 
 Speculative decoding plugs in at `_decode` (`speculator=`, see speculative/verify.py): it replaces
-the one-token decode with a draft + verification pass and commits through the same `_commit`.
+the one-token decode with a draft + verification pass. A speculator touches the engine only through
+the *speculation interface* below (`running_sequences`, `generated_tokens`, `output_tokens`,
+`next_tokens`, `sampling_state`, `cache_size`, `verify_forward`, `append`, and the plain
+`decode_one`), never the cache or the per-slot state tensors.
+
+Cache invariant (kv_cache.py): slot s holds live K/V at positions [0, lengths[s]); every position
+≥ lengths[s] is dead — masked by position and rewritten before it is read. Every write that is not a
+sequence's own next token (speculative drafts, the static decode's idle slots) goes to dead positions.
 
 Left out: CUDA graphs, paged attention.
 """
@@ -38,7 +45,10 @@ def sequence_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 
 class RolloutEngine:
     def __init__(self, model: CausalLM, num_slots: int = 64, compile: bool = False, max_prefill_tokens: int | None = None,
-                 speculator=None):
+                 speculator=None, compiler: Callable | None = None):
+        """`compile`: decode with the static-shape step over all slots (`_decode_static`), wrapped by
+        `compiler` — by default `torch.compile(dynamic=False)`; an identity runs the same static step
+        eagerly (tests do, to avoid cold compiles)."""
         self.model = model
         self.speculator = speculator  # e.g. speculative.verify.Speculator: replaces the one-token decode
         self.num_slots = num_slots
@@ -49,7 +59,8 @@ class RolloutEngine:
         self.cache: KVCache | None = None
         self.compile = compile
         # compiled decode runs every slot at full cache length: static shapes, one compile per cache size
-        self._static_decode = torch.compile(self._decode_all_slots, dynamic=False) if compile else None
+        compiler = compiler or (lambda fn: torch.compile(fn, dynamic=False))
+        self._static_decode = compiler(self._decode_all_slots) if compile else None
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
@@ -170,20 +181,32 @@ class RolloutEngine:
         masks = self.model.masks_for(q_positions, key_positions, torch.ones_like(key_positions, dtype=torch.bool))
         view = DecodeView(self.cache, slots, positions, span, contiguous=active[-1] == len(active) - 1)
         logits = self._decode_logits(self.last_token[slots][:, None], q_positions, masks, view)
-        self.lengths[slots] += 1
-        self._sample_and_commit(slots, logits)
+        self._sample_and_append(slots, logits)
 
     def _decode_static(self, active: list[int]) -> None:
+        """One decode step over ALL slots at static shapes (one compiled graph for the whole run);
+        only the `active` slots' logits are used."""
         slots = torch.tensor(active, device=self.device)
-        running = torch.zeros(self.num_slots, dtype=torch.bool, device=self.device)
-        running[slots] = True
-        positions = torch.where(running, self.lengths, torch.zeros_like(self.lengths))  # idle slots write at 0
         span_positions = torch.arange(self.cache.max_len, device=self.device)[None]
-        logits = self._static_decode(self.last_token.clone(), positions, span_positions)[slots]
-        self.lengths[slots] += 1
-        self._sample_and_commit(slots, logits)
+        logits = self._static_decode(self.last_token.clone(), self._static_write_positions(), span_positions)[slots]
+        self._sample_and_append(slots, logits)
+
+    def _static_write_positions(self) -> torch.Tensor:
+        """Where each slot's fed token is written in a static step: at the slot's own length, the
+        first dead position (cache invariant), for every slot — running or not. A running slot
+        writes its real next K/V there; a slot prefilled in this step (or a free one) writes a
+        position that nothing reads before its own next decode rewrites it, so no slot's live K/V
+        [0, length) is ever touched. The clamp keeps a free slot's stale length inside its own rows
+        (it is a no-op for running slots, whose length is < max_len). Device ops only, no sync."""
+        return self.lengths.clamp(max=self.cache.max_len - 1)
+
+    def _sample_and_append(self, slots: torch.Tensor, logits: torch.Tensor) -> None:
+        """Sample each slot's next token from `logits` [B, V] and append it (one-token decode)."""
+        tokens, logprobs = sample(logits, self.params, uniforms(self.seeds[slots], self.n_generated[slots]))
+        self.append(slots, tokens, logprobs)
 
     def _sample_and_commit(self, slots: torch.Tensor, logits: torch.Tensor) -> None:
+        """Sample each slot's first token after prefill (its length is already the prompt's)."""
         tokens, logprobs = sample(logits, self.params, uniforms(self.seeds[slots], self.n_generated[slots]))
         self._commit(slots, tokens, logprobs)
 
@@ -201,6 +224,57 @@ class RolloutEngine:
             for slot, was_stop in zip(slots[done].tolist(), stopped[done].tolist()):
                 self._finish(slot, "stop" if was_stop else "length")
         return done
+
+    # ------------------------------------------------------------------ speculation interface
+    # What a speculator (speculative/verify.py, strategy.py, draft_model.py) may read and do. Slots
+    # are those of running sequences unless a method says otherwise; `slots` tensors are on `device`.
+    # Besides these a speculator reads the public attributes `device` and `params` and may call
+    # `decode_one` (a plain step).
+    def running_sequences(self, active: list[int]) -> list[Sequence]:
+        """The sequences running in the slots `active`, in that order."""
+        return [self.scheduler.running[s] for s in active]
+
+    def generated_tokens(self, slot: int) -> list[int]:
+        """The tokens the sequence in `slot` has generated so far (its context minus the prompt)."""
+        return self.out_tokens[slot, : int(self.n_generated[slot])].tolist()
+
+    def output_tokens(self, slots: list[int], indices: list[int]) -> list[int]:
+        """Token number `indices[i]` of the output in `slots[i]`; also valid for a sequence that
+        finished in the current step (until its slot is admitted again)."""
+        return self.out_tokens[slots, indices].tolist()
+
+    def next_tokens(self, slots: torch.Tensor) -> torch.Tensor:
+        """[B] each slot's last committed token: the next one to feed (its K/V is not stored yet)."""
+        return self.last_token[slots]
+
+    def sampling_state(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B] seeds, [B] tokens generated so far): the counter-based stream of each slot, and the
+        counter of its next token's uniform (sampler.uniforms)."""
+        return self.seeds[slots], self.n_generated[slots]
+
+    def cache_size(self) -> tuple[int, int]:
+        """(slots, positions per slot) of the KV cache of the current generate call."""
+        return self.cache.num_slots, self.cache.max_len
+
+    def verify_forward(self, slots: torch.Tensor, fed: torch.Tensor, contiguous: bool) -> torch.Tensor:
+        """Feed fed[b] [B, T] at positions length_b .. length_b + T − 1 of slot b in one forward →
+        logits [B, T, V]. The fed tokens' K/V is written at those (dead) positions; the lengths do
+        not move — `append` makes a fed token live. Padding positions past the cache are clamped
+        into the row's own slot. `contiguous`: slots are exactly 0..B−1 (read a view, no gather)."""
+        positions = self.lengths[slots][:, None] + torch.arange(fed.shape[1], device=self.device)  # [B, T]
+        positions = positions.clamp(max=self.cache.max_len - 1)
+        span = int(positions.max()) + 1
+        key_positions = torch.arange(span, device=self.device).expand(fed.shape[0], span)
+        masks = self.model.masks_for(positions, key_positions, torch.ones_like(key_positions, dtype=torch.bool))
+        hidden = self.model.hidden_states(fed, positions, masks, DecodeView(self.cache, slots, positions, span, contiguous))
+        return self.model.logits(hidden)
+
+    def append(self, slots: torch.Tensor, tokens: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+        """One step of each slot's sequence: the token fed at its next position (K/V written by the
+        last forward) becomes live, and `tokens` / `logprobs` [B] are recorded as its next output.
+        Sequences that stop or are full finish (their slot is freed). Returns done [B]."""
+        self.lengths[slots] += 1
+        return self._commit(slots, tokens, logprobs)
 
     def _finish(self, slot: int, reason: str) -> None:
         seq = self.scheduler.release(slot)

@@ -2,13 +2,15 @@
 
 SFT file: each non-blank line is a JSON object with string fields "prompt" and "response"
 (other keys are ignored). Preference file: string fields "prompt", "chosen" and "rejected"; every
-other key is kept as an extra field (e.g. the preference task's "digits"). Blank lines are skipped.
+other key is kept as an extra field (e.g. the preference task's "digits"). Lines end at "\\n" (or
+"\\r\\n") only, a leading byte-order mark is dropped, and blank lines are skipped.
 The prompt must not be empty; a response / completion may be (an empty completion is a real
 answer a labeller can rank).
 
 Errors are one-line `UserError`s naming `file:line` and the problem: not JSON, not an object,
-a missing or non-string field, an empty prompt; a missing / unreadable / non-UTF-8 file and a
-file without rows are errors too (same house style as `tasks/prompts.py`).
+a missing or non-string field, a field with a lone surrogate escape ("\\ud800"), an empty prompt;
+a missing / unreadable / non-UTF-8 file and a file without rows are errors too (same house style
+as `tasks/prompts.py`).
 
 Left out: Parquet / HF `datasets` inputs, chat-formatted (list of messages) fields, ties.
 """
@@ -45,7 +47,7 @@ def _load(path: Path, fields: tuple[str, ...], what: str) -> list[dict]:
 def _read_lines(path: Path, what: str) -> list[tuple[int, str]]:
     """(1-based line number, text) of the non-blank lines of `path`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark (Windows editors) is dropped
     except FileNotFoundError:
         raise UserError(f"{path}: {what} file not found") from None
     except IsADirectoryError:
@@ -54,7 +56,10 @@ def _read_lines(path: Path, what: str) -> list[tuple[int, str]]:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read {what} file ({exc.strerror})") from None
-    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    # JSONL lines end at "\n" (or "\r\n") only: str.splitlines would also split inside a JSON string at
+    # U+2028, U+0085, form feeds, ... which json.dumps(ensure_ascii=False) writes unescaped
+    lines = (line[:-1] if line.endswith("\r") else line for line in text.split("\n"))
+    return [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
 
 
 def _parse_line(where: str, line: str, fields: tuple[str, ...]) -> dict:
@@ -62,16 +67,37 @@ def _parse_line(where: str, line: str, fields: tuple[str, ...]) -> dict:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise UserError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting deeper than the stack
+        raise UserError(f"{where}: not valid JSON ({' '.join(str(exc).split())[:120]})") from None
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object, got {_json_type(row)}")
     for field in fields:
         if field not in row:
-            raise UserError(f"{where}: missing \"{field}\" (keys: {', '.join(row) or 'none'})")
+            raise UserError(f"{where}: missing \"{field}\" (keys: {_key_list(row)})")
         if not isinstance(row[field], str):
             raise UserError(f"{where}: \"{field}\" must be a string, got {_json_type(row[field])}")
+        if not _is_unicode(row[field]):
+            raise UserError(f"{where}: \"{field}\" is not valid Unicode text (it holds a lone surrogate, "
+                            "e.g. \"\\ud800\")")
     if not row["prompt"].strip():
         raise UserError(f"{where}: \"prompt\" is empty")
     return row
+
+
+def _is_unicode(text: str) -> bool:
+    """False for strings with lone surrogates (JSON allows the escape "\\ud800"; no tokenizer takes them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _key_list(row: dict, limit: int = 8) -> str:
+    """The row's keys for a one-line message: escaped when not printable, long ones and long lists cut."""
+    names = [key if key.isprintable() else repr(key)[1:-1] for key in list(row)[:limit]]
+    names = [name if len(name) <= 40 else name[:40] + "..." for name in names]
+    return ", ".join(names) + (f", ... ({len(row)} keys)" if len(row) > limit else "") if names else "none"
 
 
 def _json_type(value) -> str:

@@ -2,9 +2,12 @@
 
 Each non-blank line is one JSON object with a non-empty string `"prompt"`; every other key is an
 extra field handed to the reward function (TRL convention: one list per field, one entry per row).
-Blank lines are skipped. Errors are `UserError`s naming `file:line` and the problem:
-not JSON, not an object, missing / non-string / empty "prompt"; a missing or unreadable file, bad
-UTF-8, and a file with no prompts at all are errors too.
+Lines end at "\\n" (or "\\r\\n") only — a JSON string may hold U+2028, U+0085, form feeds unescaped —
+and a leading byte-order mark is dropped. Blank lines are skipped. Errors are `UserError`s naming
+`file:line` and the problem: not JSON (also nesting too deep, integers of more than 4300 digits),
+not an object, missing / non-string / empty "prompt", a prompt with a lone surrogate escape
+("\\ud800": not Unicode text); a missing or unreadable file, bad UTF-8, and a file with no prompts
+at all are errors too.
 
 Left out: Parquet and HF `datasets` inputs, chat-formatted prompts (lists of messages).
 """
@@ -29,7 +32,7 @@ def load_prompts(path: str | Path) -> list[dict]:
 def _read_lines(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, text) of the non-blank lines of `path`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark (Windows editors) is dropped
     except FileNotFoundError:
         raise UserError(f"{path}: prompts file not found") from None
     except IsADirectoryError:
@@ -38,7 +41,10 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read prompts file ({exc.strerror})") from None
-    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    # JSONL lines end at "\n" (or "\r\n") only: str.splitlines would also split inside a JSON string at
+    # U+2028, U+0085, form feeds, ... which json.dumps(ensure_ascii=False) writes unescaped
+    lines = (line[:-1] if line.endswith("\r") else line for line in text.split("\n"))
+    return [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
 
 
 def _parse_line(path: Path, number: int, line: str) -> dict:
@@ -47,16 +53,36 @@ def _parse_line(path: Path, number: int, line: str) -> dict:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise UserError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting deeper than the stack
+        raise UserError(f"{where}: not valid JSON ({' '.join(str(exc).split())[:120]})") from None
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object, got {_json_type(row)}")
     if "prompt" not in row:
-        raise UserError(f"{where}: missing \"prompt\" (keys: {', '.join(row) or 'none'})")
+        raise UserError(f"{where}: missing \"prompt\" (keys: {_key_list(row)})")
     prompt = row["prompt"]
     if not isinstance(prompt, str):
         raise UserError(f"{where}: \"prompt\" must be a string, got {_json_type(prompt)}")
     if not prompt.strip():
         raise UserError(f"{where}: \"prompt\" is empty")
+    if not _is_unicode(prompt):
+        raise UserError(f"{where}: \"prompt\" is not valid Unicode text (it holds a lone surrogate, e.g. \"\\ud800\")")
     return row
+
+
+def _is_unicode(text: str) -> bool:
+    """False for strings with lone surrogates (JSON allows the escape "\\ud800"; no tokenizer takes them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _key_list(row: dict, limit: int = 8) -> str:
+    """The row's keys for a one-line message: escaped when not printable, long ones and long lists cut."""
+    names = [key if key.isprintable() else repr(key)[1:-1] for key in list(row)[:limit]]
+    names = [name if len(name) <= 40 else name[:40] + "..." for name in names]
+    return ", ".join(names) + (f", ... ({len(row)} keys)" if len(row) > limit else "") if names else "none"
 
 
 def _json_type(value) -> str:

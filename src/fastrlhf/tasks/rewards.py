@@ -5,6 +5,8 @@ where each field (e.g. `answer=[...]`, `prompts=[...]`) is a list with one entry
 `score` calls it by keyword (`completions=...`) and turns every way it can misbehave into a
 one-line `UserError` naming the function: it raised, returned something that is not a list of the
 right length, or returned a value that is not a finite real number (bools count as 0 / 1).
+Messages name a loaded function by the spec the user wrote (`rewards.py:correct`), never by the
+internal module a `file.py` is imported as (`reward_name`).
 
 Left out: async reward functions, reward models served over HTTP, per-function weights.
 """
@@ -15,6 +17,7 @@ import importlib
 import importlib.util
 import math
 import numbers
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -22,6 +25,8 @@ from typing import Callable
 from fastrlhf.errors import UserError
 
 RewardFn = Callable[..., list[float]]
+_FILE_MODULE_PREFIX = "fastrlhf_user_reward_"
+_SPECS: dict[int, tuple[object, str]] = {}  # id(fn) -> (fn, the spec it was loaded from); fn kept alive so ids stay unique
 
 
 def load_reward(spec: str) -> RewardFn:
@@ -37,6 +42,7 @@ def load_reward(spec: str) -> RewardFn:
         fn = getattr(fn, part)
     if not callable(fn):
         raise UserError(f"reward '{spec}': '{attribute}' is not callable ({type(fn).__name__})")
+    _SPECS[id(fn)] = (fn, spec)
     return fn
 
 
@@ -55,22 +61,29 @@ def _import_file(spec: str, file_name: str):
     path = Path(file_name)
     if not path.is_file():
         raise UserError(f"reward '{spec}': file '{path}' not found")
-    module_name = f"fastrlhf_user_reward_{abs(hash(str(path.resolve())))}"
+    module_name = f"{_FILE_MODULE_PREFIX}{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # lets dataclasses / pickling inside the file work
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:
+        message = _one_line(exc)
         del sys.modules[module_name]
-        raise UserError(f"reward '{spec}': importing '{path}' failed: {_one_line(exc)}") from None
+        raise UserError(f"reward '{spec}': importing '{path}' failed: {message}") from None
     return module
 
 
 def reward_name(fn: RewardFn) -> str:
-    """`module:qualname` of a function, for messages."""
+    """How messages name a reward function: the spec it was loaded from by `load_reward` (what the user
+    wrote, e.g. `my_rewards.py:correct`), else `module:qualname` (a user file's module by its path)."""
+    loaded = _SPECS.get(id(fn))
+    if loaded is not None and loaded[0] is fn:
+        return loaded[1]
     module = getattr(fn, "__module__", None) or "?"
     name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    if isinstance(module, str) and module.startswith(_FILE_MODULE_PREFIX):
+        module = getattr(sys.modules.get(module), "__file__", None) or module
     return f"{module}:{name}"
 
 
@@ -109,5 +122,12 @@ def _check_rewards(name: str, result, expected_length: int) -> list[float]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = _user_names(" ".join(str(exc).split()))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _user_names(text: str) -> str:
+    """`text` with the internal module name of an imported `file.py` replaced by the file's path."""
+    def path_of(match: re.Match) -> str:
+        return getattr(sys.modules.get(match.group(0)), "__file__", None) or match.group(0)
+    return re.sub(rf"{_FILE_MODULE_PREFIX}\d+", path_of, text)

@@ -8,13 +8,19 @@ Layout of `run_dir/checkpoints/step_{step:06d}/` (an HF model directory plus tra
                             each group's parameter names; the LR scheduler's state
     rng.safetensors         tensor RNG states (torch CPU generator, CUDA generators, any tensor)
     rng.json                the rest: python `random` and numpy MT19937 states
-    state.json              {"format", "step", "extra"} — extra holds the data position etc.
     config.yaml             the run's config snapshot
+    checksums.json          SHA-256 of every file above, by relative path
+    state.json              {"format", "step", "extra"} — extra holds the data position etc.
 
 Atomicity: everything is written into a hidden temporary sibling (`.step_*.tmp*`) which is renamed
 to `step_*` only when complete; a crash leaves the previous checkpoints intact and at most a hidden
 temp dir, removed by the next save. `state.json` is written last, and `latest_checkpoint` ignores
 directories without it. After a save only the newest `keep` checkpoints remain.
+
+Integrity: `checksums.json` is verified file by file on load, so a flipped byte in the weights, the
+optimizer moments or the RNG state is a one-line error naming the file — never a silent resume from
+corrupt state. Finiteness: a model or optimizer state holding NaN / inf is never written (the step
+guard in train/optim.py should make that impossible; this is the last line of defence).
 
 Exactness: safetensors stores fp32 bit-for-bit, JSON stores Python floats by `repr` (round-trips
 exactly), so weights + AdamW moments + step counts + scheduler + RNG restore to the same bits.
@@ -24,6 +30,7 @@ Left out: sharded / distributed optimizer state (one process owns the whole opti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -40,7 +47,7 @@ from fastrlhf.errors import UserError
 from fastrlhf.files import atomic_dir
 from fastrlhf.model.hf_io import read_state_dict, save_model, stack_projections
 
-FORMAT = 1
+FORMAT = 2  # 2: checksums.json (format-1 checkpoints load without verification)
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
 
@@ -54,13 +61,23 @@ def capture_rng() -> dict[str, Any]:
     return state
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of `capture_rng` (accepts states after a save / load round trip)."""
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+def restore_rng(state: dict[str, Any], source: str = "RNG state") -> None:
+    """Inverse of `capture_rng` (accepts states after a save / load round trip); a malformed state is
+    a one-line `UserError` naming `source`, applied only once every part has been checked."""
+    try:
+        torch_state = state["torch"]
+        version, internal, gauss = state["python"]
+        python_state = (version, tuple(internal), gauss)
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        numpy_state = (name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
+        random.Random().setstate(python_state)  # validate before touching the global generators
+        np.random.RandomState().set_state(numpy_state)
+        torch.Generator().set_state(torch_state)
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise UserError(f"{source}: malformed RNG state ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    torch.set_rng_state(torch_state)
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
@@ -169,12 +186,14 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler,
         save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
         _write_json(tmp / "rng.json", rng_plain)
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        _write_json(tmp / "checksums.json", file_checksums(tmp))
         _write_json(tmp / "state.json", {"format": FORMAT, "step": step, "extra": extra})
     prune_checkpoints(root, keep)
     return final
 
 
 def _save_trained(directory: Path, model, optimizer, scheduler, extra_files) -> None:
+    check_finite(model, optimizer)
     save_model(model, directory, extra_files=extra_files)
     opt_tensors, opt_meta = optimizer_files(model, optimizer, scheduler)
     save_file(opt_tensors, str(directory / "optimizer.safetensors"))
@@ -212,8 +231,12 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None,
     if not path.is_dir():
         raise UserError(f"{path}: checkpoint directory not found")
     state = _read_json(path / "state.json")
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
         raise UserError(f"{path / 'state.json'}: malformed (expected an object with an integer 'step')")
+    if not isinstance(state.get("extra", {}), dict):
+        raise UserError(f"{path / 'state.json'}: malformed ('extra' must be an object)")
+    if state.get("format", 1) >= 2:
+        verify_checksums(path)
     _load_weights(path, model)
     if optimizer is not None:
         load_optimizer(path, model, optimizer, scheduler)
@@ -222,8 +245,57 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None,
             raise UserError(f"{path / name}: missing (the run trains a {name}; was this checkpoint made by another algorithm?)")
         _load_weights(path / name, other)
         load_optimizer(path / name, other, other_optimizer, other_scheduler)
-    rng = _join_rng(_read_safetensors(path / "rng.safetensors"), _read_json(path / "rng.json"))
+    rng_plain = _read_json(path / "rng.json")
+    try:
+        rng = _join_rng(_read_safetensors(path / "rng.safetensors"), rng_plain)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path / 'rng.json'}: malformed RNG state ({exc.__class__.__name__}: {exc})") from None
     return state["step"], rng, dict(state.get("extra") or {})
+
+
+# ------------------------------------------------------------------------------- integrity
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_checksums(directory: Path) -> dict[str, str]:
+    """{relative path: SHA-256} of every file under `directory` (checksums.json and state.json excluded)."""
+    files = [p for p in sorted(directory.rglob("*")) if p.is_file()]
+    return {str(p.relative_to(directory)): _sha256(p) for p in files
+            if str(p.relative_to(directory)) not in ("checksums.json", "state.json")}
+
+
+def verify_checksums(path: Path) -> None:
+    """Every file listed in `path/checksums.json` exists and has its recorded SHA-256."""
+    expected = _read_json(path / "checksums.json")
+    if not isinstance(expected, dict) or not all(isinstance(v, str) for v in expected.values()):
+        raise UserError(f"{path / 'checksums.json'}: malformed (expected an object of file: sha256)")
+    for name, digest in expected.items():
+        file = path / name
+        if not file.is_file():
+            raise UserError(f"{file}: missing (listed in checksums.json)")
+        if _sha256(file) != digest:
+            raise UserError(f"{file}: corrupt (SHA-256 differs from checksums.json); an older checkpoint, "
+                            f"if any, is in {path.parent}: remove this one to resume from it")
+
+
+def check_finite(model, optimizer=None) -> None:
+    """Raise if a parameter or an optimizer state tensor holds NaN / inf: such state is never saved."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteState(f"refusing to save: weight '{name}' is not finite")
+    for state in (optimizer.state.values() if optimizer is not None else ()):
+        for key, tensor in state.items():
+            if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise NonFiniteState(f"refusing to save: optimizer state '{key}' is not finite")
+
+
+class NonFiniteState(RuntimeError):
+    """A model about to be saved or exported holds NaN / inf (our bug: the step guard should prevent it)."""
 
 
 def _load_weights(path: Path, model) -> None:
@@ -259,3 +331,19 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def read_checkpoint_info(path: Path) -> tuple[dict, dict]:
+    """(the config mapping it was made with, its `extra`) — read before any model is built."""
+    import yaml
+
+    state = _read_json(path / "state.json")
+    if not isinstance(state, dict) or not isinstance(state.get("extra", {}), dict):
+        raise UserError(f"{path / 'state.json'}: malformed (expected an object with an 'extra' object)")
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"{path / 'config.yaml'}: cannot read the checkpoint's config ({exc.__class__.__name__})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("train"), dict) or "steps" not in config["train"]:
+        raise UserError(f"{path / 'config.yaml'}: malformed (expected the run's config sections)")
+    return config, dict(state.get("extra") or {})

@@ -38,6 +38,8 @@ def register(subparsers) -> None:
     e.add_argument("--digits", type=int, nargs="+", default=None,
                    help="arithmetic, worked_addition: operand digit counts (default: the task's)")
     e.add_argument("--eval-size", type=int, default=200, help="number of held-out prompts")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the models run (auto: CUDA when available)")
     e.set_defaults(func=run_eval)
 
 
@@ -87,9 +89,14 @@ def run_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         print(f"fastrlhf: {stop}; continue with: fastrlhf train --resume {run_dir}", file=sys.stderr)
         return 130
-    except (UserError, KeyboardInterrupt):
+    except UserError:
         _remove_if_nothing_saved(run_dir, existed)
         raise
+    except KeyboardInterrupt as stop:  # a second Ctrl-C: stopped at once, the last checkpoint stands
+        removed = _remove_if_nothing_saved(run_dir, existed)
+        hint = "nothing was saved" if removed else getattr(stop, "resume_hint", f"continue with: fastrlhf train --resume {run_dir}")
+        print(f"fastrlhf: interrupted; {hint}", file=sys.stderr)
+        return 130
     print(f"run directory: {result.run_dir}")
     print(f"final policy (HF format): {result.final_dir}")
     start, final = result.start_eval, result.final_eval
@@ -101,29 +108,34 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remove_if_nothing_saved(run_dir: Path, existed: bool) -> None:
-    if existed or not run_dir.exists():
-        return
+def _remove_if_nothing_saved(run_dir: Path, existed: bool) -> bool:
+    """Remove a run directory this command created if no checkpoint landed in it; True if removed."""
+    if existed or not run_dir.is_dir():
+        return False
     if not any((run_dir / "checkpoints").glob("step_*")):
         shutil.rmtree(run_dir, ignore_errors=True)
+        return True
+    return False
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from fastrlhf.model.hf_io import load_model
-    from fastrlhf.model.tokenizer import load_tokenizer
+    from fastrlhf.model.device import resolve_device
+    from fastrlhf.model.hf_io import check_vocab, load_model, load_model_and_tokenizer
     from fastrlhf.train.evaluate import evaluate, evaluate_preference
 
     if args.eval_size < 1:
         raise UserError(f"--eval-size must be ≥ 1, got {args.eval_size}")
-    model = load_model(args.model_dir)
-    tokenizer = load_tokenizer(args.model_dir)
+    device = resolve_device(args.device)
+    model, tokenizer = load_model_and_tokenizer(args.model_dir, device=device)
     if args.task == "preference":
         from fastrlhf.tasks import preference
         from fastrlhf.train.reward_workers import reward_worker
 
-        reference = load_model(args.reference or preference.policy_dir())
+        reference_dir = args.reference or preference.policy_dir()
+        reference = load_model(reference_dir, device=device)
+        check_vocab(reference.config, tokenizer, reference_dir)  # the reference scores the policy's token ids
         rows = preference.eval_rows(args.eval_size)
-        rm = reward_worker(str(preference.reward_model_dir()), ("digits",), None)
+        rm = reward_worker(str(preference.reward_model_dir()), ("digits",), None, device)
         m = evaluate_preference(model, tokenizer, rows, reference, rm)
         print(f"{args.model_dir}: gold reward {m['eval/gold_reward']:.3f} (greedy {m['eval/gold_greedy']:.3f}), "
               f"KL to reference {m['eval/kl']:.3f} nats, learned-RM reward {m['eval/reward']:.3f} "

@@ -17,9 +17,11 @@ from __future__ import annotations
 import torch
 
 from fastrlhf.algorithms.losses.value import clipped_value_loss
-from fastrlhf.algorithms.objectives import aggregate_count, ppo_targets, share_of
+from fastrlhf.algorithms.losses.aggregation import aggregate_count, share_of
+from fastrlhf.algorithms.objectives import ppo_targets
 from fastrlhf.dataflow.batch import Batch
 from fastrlhf.model.decoder import CausalLM
+from fastrlhf.updates import optimizer_step
 
 
 def token_values(model: CausalLM, sequences: torch.Tensor, attention_mask: torch.Tensor,
@@ -66,6 +68,7 @@ class CriticWorker:
         denominator = aggregate_count(mask, aggregation)
         self.optimizer.zero_grad(set_to_none=True)
         stats_sum: dict[str, float] = {}
+        loss_sum = torch.zeros(())
         for rows in torch.arange(len(mini)).split(self.micro_batch_size):
             micro = mini.select(rows)
             values = token_values(self.model, micro["sequences"], micro["attention_mask"], micro["response_mask"])
@@ -73,11 +76,9 @@ class CriticWorker:
                                              clip_range=self.algorithm.value_clip,
                                              aggregation=share_of(denominator, aggregation))
             loss.backward()
+            loss_sum = loss_sum + loss.detach().cpu()
             weight = float(micro["response_mask"].sum()) / max(float(mask.sum()), 1.0)
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + (v if k == "value_loss" else v * weight)
-        limit = self.grad_clip if self.grad_clip > 0 else float("inf")
-        stats_sum["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit))
-        self.optimizer.step()
-        self.scheduler.step()
+        stats_sum["grad_norm"] = optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_clip, loss_sum)
         return stats_sum

@@ -7,6 +7,15 @@ every `checkpoint_every` steps (weights, optimizer, scheduler, data position, co
 `resume` continues bit-identically, and the final policy exported as an HF directory. Ctrl-C stops
 after the current step with a checkpoint (train/interrupt.py), so an interrupted run loses nothing.
 
+Sturdiness:
+- A step is atomic (train/transaction.py): if it fails half-way, every model goes back to its
+  pre-step state before anything is checkpointed; the failure's message names the resume command.
+- A non-finite loss or gradient norm skips the step (pre-step state kept, `nonfinite_skips`
+  counted); `train.max_nonfinite_skips` skips in a row stop the run. Nothing non-finite is saved.
+- `--resume` honours or refuses each changed key (train/resume.py); a run directory with no
+  checkpoint yet starts again from step 0; a finished run is not redone.
+- A hang watchdog (train/watchdog.py) dumps every thread's stack after `train.hang_timeout` s.
+
 Determinism: sampling and the trainer's shuffling are seeded by (seed, step) — not by a global RNG
 stream — so a resumed run draws exactly what the uninterrupted run would have drawn.
 
@@ -23,23 +32,28 @@ from pathlib import Path
 import torch
 
 from fastrlhf.algorithms.graphs import GRAPHS
-from fastrlhf.config import Config, save_config
+from fastrlhf.algorithms.losses.policy import k3_kl
+from fastrlhf.config import Config, config_from_dict, save_config
 from fastrlhf.dataflow.executor import LocalExecutor
 from fastrlhf.errors import UserError
-from fastrlhf.model.hf_io import copy_tokenizer_files, load_model, save_model
-from fastrlhf.model.tokenizer import load_tokenizer
+from fastrlhf.model.hf_io import copy_tokenizer_files, load_model, load_model_and_tokenizer, save_model
 from fastrlhf.rollout.engine import RolloutEngine
 from fastrlhf.rollout.sampler import SamplingParams
-from fastrlhf.telemetry.metrics import MetricsWriter
+from fastrlhf.telemetry.metrics import MetricsWriter, read_metrics
 from fastrlhf.telemetry.progress import Progress
-from fastrlhf.train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from fastrlhf.train.critic import CriticWorker
+from fastrlhf.train.checkpoint import (capture_rng, check_finite, latest_checkpoint, load_checkpoint, read_checkpoint_info,
+                                       restore_rng, save_checkpoint)
 from fastrlhf.train.data import pair_batch, prompt_batch, prompt_source
 from fastrlhf.train.evaluate import evaluate, evaluate_preference
 from fastrlhf.train.interrupt import GracefulStop, TrainingInterrupted
 from fastrlhf.train.optim import build_optimizer, build_scheduler
-from fastrlhf.train.reward_workers import is_reward_model_dir, load_reward_model, reward_worker
-from fastrlhf.train.speculation import RolloutSpeculation
+from fastrlhf.updates import NonFiniteUpdate
+from fastrlhf.train.resume import check_resume_changes
+from fastrlhf.train.transaction import StepTransaction
+from fastrlhf.train.watchdog import Watchdog
+from fastrlhf.model.device import resolve_device
+from fastrlhf.train.build import build_critic, make_speculation, model_directory
+from fastrlhf.train.reward_workers import reward_worker
 from fastrlhf.train.workers import ActorWorker, ReferenceWorker
 
 
@@ -53,74 +67,23 @@ class RunResult:
     seconds: float = 0.0
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-def model_directory(config: Config) -> Path:
-    """`model.path`, or for "builtin" the shipped starting policy of `task.name` (`BUILTIN_POLICIES`)."""
-    if config.model.path == "builtin":
-        return BUILTIN_POLICIES[config.task.name]()
-    return Path(config.model.path)
-
-
-def _preference_policy() -> Path:
-    from fastrlhf.tasks.preference import policy_dir
-
-    return policy_dir()
-
-
-def _arithmetic_policy() -> Path:
-    from fastrlhf.tasks.builtin_policy import builtin_policy_dir
-
-    return builtin_policy_dir()
-
-
-def _worked_addition_policy() -> Path:
-    from fastrlhf.tasks.builtin_policy import worked_policy_dir
-
-    return worked_policy_dir()
-
-
-# built-in task name -> its shipped policy directory (model.path=builtin)
-BUILTIN_POLICIES = {"arithmetic": _arithmetic_policy, "preference": _preference_policy,
-                    "worked_addition": _worked_addition_policy}
-
-
-def make_speculation(config: Config, model, params: SamplingParams) -> RolloutSpeculation:
-    """The engine's speculator for `rollout.speculative`, with the draft model and its refresh
-    (train/speculation.py)."""
-    return RolloutSpeculation.build(config.rollout, model, params, config.train.micro_batch_size)
-
-
-def build_critic(config: Config, policy, tokenizer, reward, device) -> CriticWorker:
-    """PPO's critic from the reward model (`critic_init` auto / reward_model, when the reward is one
-    with the policy's vocabulary: the critic reads the policy's token ids) or the policy + a fresh head."""
-    from fastrlhf.model.heads import with_score_head
-
-    a, t = config.algorithm, config.train
-    from_rm = isinstance(reward, str) and is_reward_model_dir(reward)
-    if from_rm and load_tokenizer(reward).hf.get_vocab() != tokenizer.hf.get_vocab():
-        if a.critic_init == "reward_model":
-            raise UserError(f"algorithm.critic_init=reward_model: {reward} has a different vocabulary from the policy")
-        from_rm = False
-    if a.critic_init == "reward_model" and not from_rm:
-        raise UserError(f"algorithm.critic_init=reward_model but the reward ({reward!r}) is not a reward-model directory")
-    if a.critic_init != "policy" and from_rm:
-        model = load_reward_model(reward, device)[0]
-    else:
-        model = with_score_head(policy, seed=t.seed)
-    optimizer = build_optimizer(model, a.critic_lr, t.weight_decay)
-    scheduler = build_scheduler(optimizer, t.warmup_steps, t.steps * t.mini_batches, t.lr_decay)
-    return CriticWorker(model, optimizer, scheduler, a, t.micro_batch_size, t.mini_batches, t.grad_clip)
-
-
 def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
+
+
+class NonFiniteError(UserError):
+    """`train.max_nonfinite_skips` steps in a row had a non-finite loss or gradient: the run stops."""
+
+
+def sample_kl(batch) -> float | None:
+    """Mean per-token k3 estimate of KL(π_behaviour ‖ π_ref) on the step's samples (response tokens),
+    from the engine's and the reference's log-probs — the same number whether the KL penalty lives in
+    the loss or in the reward (`kl_in`). None without a reference."""
+    if "ref_logprobs" not in batch or "logprobs" not in batch:
+        return None
+    mask = batch["response_mask"].to(torch.float32)
+    kl = k3_kl(batch["logprobs"], batch["ref_logprobs"]) * mask
+    return float(kl.sum() / mask.sum().clamp(min=1))
 
 
 class Run:
@@ -128,15 +91,22 @@ class Run:
 
     def __init__(self, config: Config, resume: bool, show_progress: bool = True):
         self.config, self.show_progress = config, show_progress
-        self.run_dir = Path(config.train.run_dir)
-        self._check_run_dir(resume)
-        torch.manual_seed(config.train.seed)
-        self.device = device = resolve_device(config.train.device)
-        self.model_dir = model_dir = model_directory(config)
-        self.tokenizer = load_tokenizer(model_dir)
-        self.tokenizer_files = copy_tokenizer_files(model_dir)
-        self.model = load_model(model_dir, device=device)
         r, a, t = config.rollout, config.algorithm, config.train
+        self.run_dir = Path(t.run_dir)
+        self.resume_from = self._check_run_dir(resume)
+        self.restarted = resume and self.resume_from is None  # --resume of a run that saved nothing yet
+        self.schedule_steps = t.steps * t.mini_batches  # the LR schedule's horizon, in optimizer steps
+        self.resume_notes: list[str] = []
+        if self.resume_from is not None:
+            saved_config, extra = read_checkpoint_info(self.resume_from)
+            self.schedule_steps = int(extra.get("schedule_steps", saved_config["train"]["steps"] * t.mini_batches))
+            self.resume_notes = check_resume_changes(config_from_dict(saved_config, str(self.resume_from / "config.yaml")),
+                                                     config, self.schedule_steps)
+        torch.manual_seed(t.seed)
+        self.device = device = resolve_device(t.device, option="train.device")
+        self.model_dir = model_dir = model_directory(config)
+        self.model, self.tokenizer = load_model_and_tokenizer(model_dir, device=device)  # vocabularies checked
+        self.tokenizer_files = copy_tokenizer_files(model_dir)
         # what the run builds follows from the algorithm's graph (its roles and data keys), not its name
         self.needs_pairs = "sequences" in GRAPHS[a.name]().data_keys  # trains on tokenised pairs
         self.source = prompt_source(config.task, t.seed, pairs=self.needs_pairs)
@@ -144,7 +114,7 @@ class Run:
         self.params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
                                      stop_token_ids=tuple(self.tokenizer.stop_token_ids()), n=r.samples_per_prompt)
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay)
-        self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, t.steps * t.mini_batches, t.lr_decay)
+        self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, self.schedule_steps, t.lr_decay)
         self.speculation = make_speculation(config, self.model, self.params)
         self.engine = RolloutEngine(self.model, num_slots=r.num_slots, compile=r.compile, speculator=self.speculation.speculator)
         self.actor = ActorWorker(self.model, self.tokenizer, self.engine, self.params, self.optimizer, self.scheduler, a,
@@ -159,20 +129,29 @@ class Run:
             workers["ref"] = self.reference
         self.critic = None
         if "critic" in graph.roles:
-            self.critic = build_critic(config, self.model, self.tokenizer, self.source.reward, device)
+            self.critic = build_critic(config, self.model, self.tokenizer, self.source.reward, device, self.schedule_steps)
             workers["critic"] = self.critic
         self.reward_worker = workers.get("reward")
         self.executor = LocalExecutor(graph, workers)
-        self.start_step = 0
-        if resume:
+        self.start_step = self.current_step = 0
+        self.data_position = 0  # prompts consumed so far
+        self.nonfinite_skips = self.consecutive_skips = 0
+        if self.resume_from is not None:
             self._resume()
+        self.transaction = StepTransaction({"actor": (self.model, self.optimizer, self.scheduler), **self.companions()})
 
-    def _check_run_dir(self, resume: bool) -> None:
-        has_checkpoint = latest_checkpoint(self.run_dir) is not None if self.run_dir.exists() else False
-        if resume and not has_checkpoint:
-            raise UserError(f"{self.run_dir}: no checkpoint to resume from")
-        if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
+    def _check_run_dir(self, resume: bool) -> Path | None:
+        """The checkpoint to resume from (None: start at step 0), or a UserError for a directory we must not use."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise UserError(f"train.run_dir={self.run_dir} is a file, not a directory")
+        checkpoint = latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
+        if resume:
+            if checkpoint is None and not (self.run_dir / "config.yaml").is_file():
+                raise UserError(f"{self.run_dir}: no checkpoint to resume from (not a fastrlhf run directory?)")
+            return checkpoint
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise UserError(f"{self.run_dir}: run directory exists and is not empty (use --resume {self.run_dir}, or train.run_dir=NEW_DIR)")
+        return None
 
     def companions(self) -> dict:
         """Other trained models saved in each checkpoint (the PPO critic, a distilled draft model)."""
@@ -182,11 +161,14 @@ class Run:
         return companions
 
     def _resume(self) -> None:
-        path = latest_checkpoint(self.run_dir)
-        step, rng, extra = load_checkpoint(path, self.model, self.optimizer, self.scheduler, companions=self.companions())
-        restore_rng(rng)
-        self.start_step = step
+        step, rng, extra = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler,
+                                           companions=self.companions())
+        restore_rng(rng, str(self.resume_from / "rng.json"))
+        self.start_step = self.current_step = step
         self.engine.policy_version = int(extra.get("policy_version", step))
+        self.data_position = int(extra.get("data_position", step * self.config.train.prompts_per_step))
+        self.nonfinite_skips = int(extra.get("nonfinite_skips", 0))
+        self.consecutive_skips = int(extra.get("consecutive_skips", 0))
 
     def eval_metrics(self) -> dict[str, float]:
         if self.source.name == "preference":
@@ -204,8 +186,11 @@ class Run:
         return self._initial_policy
 
     def step(self, step: int) -> dict[str, float]:
+        """Step `step` (0-based) on the next `prompts_per_step` prompts; the caller advances the data
+        position once the step is committed (or skipped)."""
         t = self.config.train
-        rows = self.source.rows_at(step * t.prompts_per_step, t.prompts_per_step)
+        self.current_step = step
+        rows = self.source.rows_at(self.data_position, t.prompts_per_step)
         if self.needs_pairs:
             data = pair_batch(rows, self.tokenizer)
         else:
@@ -223,74 +208,146 @@ class Run:
         seconds = time.perf_counter() - started  # includes a draft refresh
         metrics["time/step"] = seconds
         metrics["tokens_per_s"] = float(result.batch["attention_mask"].sum()) / seconds
-        metrics["kl"] = metrics.get("kl_ref", 0.0)
+        kl = sample_kl(result.batch) if self.actor.objective.uses_sampling_distribution else metrics.get("kl_ref")
+        if kl is not None:
+            metrics["kl"] = kl
+        return metrics
+
+    def run_step(self, step: int) -> dict[str, float]:
+        """`step` as one transaction: committed, skipped (non-finite update: pre-step state kept, the
+        step's prompts consumed) or, on any other failure, rolled back with a checkpoint of the
+        completed steps before the error goes on."""
+        version = self.engine.policy_version
+        self.transaction.begin()
+        try:
+            metrics = self.step(step)
+        except NonFiniteUpdate as bad:
+            self.transaction.rollback()
+            self.engine.policy_version = version
+            self.nonfinite_skips += 1
+            self.consecutive_skips += 1
+            metrics = {"nonfinite_skips": float(self.nonfinite_skips)}
+            if self.consecutive_skips >= self.config.train.max_nonfinite_skips:
+                self.data_position += self.config.train.prompts_per_step
+                error = NonFiniteError(f"step {step + 1}: {bad}; {self.consecutive_skips} steps in a row were skipped "
+                                       f"for non-finite updates (train.max_nonfinite_skips) — lower train.lr, set "
+                                       f"train.grad_clip, or check the reward scale")
+                self.save_before_failure(step + 1, error)
+                raise error from None
+        except BaseException as exc:
+            self.transaction.rollback()
+            self.engine.policy_version = version
+            self.save_before_failure(step, exc)
+            raise
+        else:
+            self.transaction.commit()
+            self.consecutive_skips = 0
+            metrics["nonfinite_skips"] = float(self.nonfinite_skips)
+        self.data_position += self.config.train.prompts_per_step
         return metrics
 
     def checkpoint(self, step: int) -> None:
-        save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, capture_rng(),
-                        {"policy_version": self.engine.policy_version, "data_position": step * self.config.train.prompts_per_step},
+        extra = {"policy_version": self.engine.policy_version, "data_position": self.data_position,
+                 "schedule_steps": self.schedule_steps, "nonfinite_skips": self.nonfinite_skips,
+                 "consecutive_skips": self.consecutive_skips}
+        save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, capture_rng(), extra,
                         self.config.to_yaml(), extra_files=self.tokenizer_files, companions=self.companions())
 
-    def save_before_failure(self, step: int, exc: Exception, updated: bool) -> None:
-        """Step `step` (0-based) failed: a reward server went away, a reward function raised, ...
-        If no model was `updated` in it yet, the weights are exactly those after the last completed
-        step: checkpoint them so nothing is lost, and say where to resume. A failure after an update
-        (a torn step) keeps the last periodic checkpoint."""
-        saved = latest_checkpoint(self.run_dir)
-        saved_step = int(saved.name.split("_")[1]) if saved is not None else 0
-        if not updated and step > saved_step:
+    def saved_step(self) -> int | None:
+        saved = latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
+        return int(saved.name.split("_")[1]) if saved is not None else None
+
+    def resume_hint(self) -> str:
+        saved = self.saved_step()
+        if saved:
+            return f"steps 1-{saved} are saved; continue with: fastrlhf train --resume {self.run_dir}"
+        return f"no step is saved yet; fastrlhf train --resume {self.run_dir} starts the run again from step 1"
+
+    def save_before_failure(self, step: int, exc: BaseException) -> None:
+        """The run stops with `step` steps completed and the models in their state after them (a
+        failed step was rolled back): checkpoint them unless already saved, and name the resume command
+        in the error. A Ctrl-C pressed twice (KeyboardInterrupt) saves nothing more: it means now."""
+        if not isinstance(exc, KeyboardInterrupt) and step > (self.saved_step() or 0):
             self.checkpoint(step)
-            saved, saved_step = latest_checkpoint(self.run_dir), step
-        hint = (f"steps 1-{saved_step} are saved; continue with: fastrlhf train --resume {self.run_dir}"
-                if saved is not None else "no step was completed")
+        hint = self.resume_hint()
         if isinstance(exc, UserError):
             exc.args = (f"{exc} ({hint})",)
+        elif isinstance(exc, KeyboardInterrupt):
+            exc.resume_hint = hint
         else:
             exc.add_note(f"fastrlhf: {hint}")
 
     def export(self) -> Path:
+        check_finite(self.model)
         return save_model(self.model, self.run_dir / "final", extra_files=self.tokenizer_files)
+
+
+def _logged_eval(run_dir: Path, step: int) -> dict[str, float]:
+    """The eval/ metrics logged at `step` (for a resumed run's summary)."""
+    rows = [r for r in read_metrics(run_dir) if r.get("step") == step and any(k.startswith("eval/") for k in r)]
+    return {k: v for k, v in rows[-1].items() if k.startswith("eval/")} if rows else {}
 
 
 def train(config: Config, resume: bool = False, show_progress: bool = True) -> RunResult:
     """Run (or resume) the configured training job; returns where things went and the evals."""
     started = time.perf_counter()
     run = Run(config, resume, show_progress)
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run.run_dir / "config.yaml")
     t = config.train
     result = RunResult(run.run_dir, run.run_dir / "final")
-    with MetricsWriter(run.run_dir, resume_from_step=run.start_step if resume else None) as writer, \
-            Progress(t.steps, start_step=run.start_step, enabled=show_progress) as progress, GracefulStop() as stop:
-        if not resume:
+    if run.restarted:  # a run killed before its first checkpoint: what it logged belongs to no saved step
+        (run.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(run.run_dir / "tensorboard", ignore_errors=True)
+    resuming = run.resume_from is not None
+    if resuming:
+        result.start_eval = _logged_eval(run.run_dir, 0)
+    if resuming and run.start_step >= t.steps:  # finished (or killed during the export)
+        if not (result.final_dir / "config.json").is_file():
+            run.export()
+        result.final_eval = _logged_eval(run.run_dir, run.start_step)
+        progress_note(show_progress, f"the run finished at step {run.start_step}; nothing to do")
+        return result
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run.run_dir / "config.yaml")
+    for note in run.resume_notes:
+        progress_note(show_progress, f"--resume: {note}")
+    with MetricsWriter(run.run_dir, resume_from_step=run.start_step if resuming else None) as writer, \
+            Progress(t.steps, start_step=run.start_step, enabled=show_progress) as progress, GracefulStop() as stop, \
+            Watchdog(t.hang_timeout, run.run_dir, run.resume_hint) as watchdog:
+        run.executor.on_call = lambda name: watchdog.beat(f"step {run.current_step + 1}: {name}")
+        if not resuming:
+            watchdog.beat("the start evaluation")
             result.start_eval = run.eval_metrics()
             writer.log(0, result.start_eval)
             progress.phase(_eval_line("start", result.start_eval))
         for step in range(run.start_step, t.steps):
-            version = run.engine.policy_version
-            try:
-                metrics = run.step(step)
-            except Exception as exc:
-                run.save_before_failure(step, exc, updated=run.engine.policy_version != version)
-                raise
+            metrics = run.run_step(step)
             writer.log(step + 1, metrics)
             progress.update(step + 1, metrics)
             result.history.append(metrics)
             if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
+                watchdog.beat(f"the evaluation after step {step + 1}")
                 writer.log(step + 1, run.eval_metrics())
-            if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < t.steps:
-                run.checkpoint(step + 1)
-            elif stop.requested and step + 1 < t.steps:
+            if step + 1 < t.steps and ((t.checkpoint_every and (step + 1) % t.checkpoint_every == 0) or stop.requested):
+                watchdog.beat(f"the checkpoint of step {step + 1}")
                 run.checkpoint(step + 1)
             if stop.requested and step + 1 < t.steps:
                 raise TrainingInterrupted(step + 1, str(latest_checkpoint(run.run_dir)))
+        watchdog.beat("the final evaluation")
         result.final_eval = run.eval_metrics()
         writer.log(t.steps, result.final_eval)
         progress.phase(_eval_line("final", result.final_eval))
-    run.checkpoint(t.steps)
-    run.export()
+        watchdog.beat("the final checkpoint and export")
+        run.checkpoint(t.steps)
+        run.export()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def progress_note(enabled: bool, message: str) -> None:
+    if enabled:
+        from fastrlhf.telemetry.progress import phase
+
+        phase(message)
 
 
 def _eval_line(label: str, metrics: dict[str, float]) -> str:

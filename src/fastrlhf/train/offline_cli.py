@@ -1,7 +1,8 @@
 """`fastrlhf sft` and `fastrlhf train-rm`: offline training from JSONL files.
 
     fastrlhf sft DATA.jsonl --model MODEL_DIR --out OUT_DIR [--steps N | --epochs E] [--batch-size B]
-                 [--micro-batch-size M] [--lr LR] [--eval-fraction 0.05] [--seed S] [--quiet]
+                 [--micro-batch-size M] [--lr LR] [--eval-fraction 0.05] [--seed S] [--device auto|cpu|cuda]
+                 [--quiet]
     fastrlhf train-rm PAIRS.jsonl --model MODEL_DIR --out OUT_DIR [same knobs] [--eval PAIRS_EVAL.jsonl]
 
 `sft` trains on {"prompt", "response"} rows with the loss on response tokens only (`train/sft.py`)
@@ -9,9 +10,12 @@ and prints the held-out response-token loss before and after. `train-rm` trains 
 reward model on {"prompt", "chosen", "rejected"} rows (`train/reward_model.py`); a MODEL_DIR
 without a scalar head (a policy) gets a fresh one. It prints held-out pair accuracy before / after.
 Held-out rows are a seeded `--eval-fraction` of the data (or the `--eval` file for train-rm).
+`--device auto` (the default) trains on CUDA when it is available, else on the CPU; the model and
+every batch live on that device (`--device cuda` without CUDA is a one-line error).
 
 Every input is checked before anything is written: numbers, OUT_DIR (must be missing or empty),
-the data file (one-line `UserError` naming file:line), the model directory and its tokenizer.
+the data file (one-line `UserError` naming file:line), the device, the model directory, its
+tokenizer and their vocabulary sizes (`hf_io.load_model_and_tokenizer`).
 OUT_DIR is written atomically (`hf_io.save_model`), with MODEL_DIR's tokenizer files.
 
 Left out: checkpoints / resume inside these runs (they are minutes long; rerun instead), LoRA,
@@ -53,6 +57,8 @@ def _add_common_arguments(p: argparse.ArgumentParser, data_name: str, data_help:
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"peak learning rate (default {DEFAULT_LR})")
     p.add_argument("--eval-fraction", type=float, default=0.05, help="share of rows held out for evaluation")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the model trains (auto: CUDA when available, else CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -77,13 +83,10 @@ def _check_out_dir(out: Path) -> None:
         raise UserError(f"{out}: already exists and is not an empty directory (choose a new --out)")
 
 
-def _load_model_and_tokenizer(model_dir: str):
-    from fastrlhf.model.hf_io import load_model, read_config
-    from fastrlhf.model.tokenizer import load_tokenizer
+def _load_model_and_tokenizer(model_dir: str, device):
+    from fastrlhf.model.hf_io import load_model_and_tokenizer
 
-    read_config(model_dir)  # cheap checks first: a missing directory or config.json is a UserError
-    tokenizer = load_tokenizer(model_dir)
-    return load_model(model_dir), tokenizer
+    return load_model_and_tokenizer(model_dir, device=device)  # cheap checks (directory, config.json) first
 
 
 def _split(rows: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -113,12 +116,15 @@ def _progress(args: argparse.Namespace, total: int):
 def run_sft(args: argparse.Namespace) -> int:
     from fastrlhf.tasks.examples import load_sft_examples
 
+    from fastrlhf.model.device import resolve_device
+
     _check_numbers(args)
+    device = resolve_device(args.device)
     out = Path(args.out)
     _check_out_dir(out)
     rows = load_sft_examples(args.data)
     train_rows, eval_rows = _split(rows, args.eval_fraction, args.seed)
-    model, tokenizer = _load_model_and_tokenizer(args.model)
+    model, tokenizer = _load_model_and_tokenizer(args.model, device)
 
     from fastrlhf.model.hf_io import copy_tokenizer_files, save_model
     from fastrlhf.train.sft import SFTConfig, encode_pairs, train_sft
@@ -160,7 +166,10 @@ def heldout_loss(model, examples, pad_id: int, micro_batch_size: int) -> float:
 def run_train_rm(args: argparse.Namespace) -> int:
     from fastrlhf.tasks.examples import load_preference_pairs
 
+    from fastrlhf.model.device import resolve_device
+
     _check_numbers(args)
+    device = resolve_device(args.device)
     out = Path(args.out)
     _check_out_dir(out)
     pairs = load_preference_pairs(args.data)
@@ -168,7 +177,7 @@ def run_train_rm(args: argparse.Namespace) -> int:
         train_pairs, eval_pairs = pairs, load_preference_pairs(args.eval)
     else:
         train_pairs, eval_pairs = _split(pairs, args.eval_fraction, args.seed)
-    policy, tokenizer = _load_model_and_tokenizer(args.model)
+    policy, tokenizer = _load_model_and_tokenizer(args.model, device)
 
     from fastrlhf.model.hf_io import copy_tokenizer_files, save_model
     from fastrlhf.train import reward_model as rm

@@ -78,3 +78,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
     if decay not in DECAYS:
         raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
     return LambdaLR(optimizer, lambda step: lr_multiplier(step, warmup_steps, total_steps, decay, min_ratio))
+

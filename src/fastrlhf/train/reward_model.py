@@ -35,7 +35,7 @@ from fastrlhf.model.decoder import CausalLM
 from fastrlhf.model.heads import with_score_head
 from fastrlhf.train.optim import Decay, build_optimizer, build_scheduler
 from fastrlhf.train.padding import pack_sequences
-from fastrlhf.train.sft import batch_indices
+from fastrlhf.train.sft import batch_indices, guarded_step, stop_on_skips
 
 PairIds = tuple[list[int], list[int]]  # (chosen row ids, rejected row ids), each prompt + completion + EOS
 
@@ -131,12 +131,8 @@ def reward_model_step(model: CausalLM, optimizer, scheduler, pairs: Sequence[Pai
     """One optimizer step on `pairs`; returns loss, accuracy, margin, grad_norm (before clipping), lr."""
     optimizer.zero_grad(set_to_none=True)
     stats = accumulate_gradients(model, pairs, micro_batch_size, pad_id)
-    params = [p for p in model.parameters() if p.grad is not None]
-    stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
     stats["lr"] = optimizer.param_groups[0]["lr"]
-    optimizer.step()
-    scheduler.step()
-    return stats
+    return guarded_step(model, optimizer, scheduler, grad_clip, stats)
 
 
 @torch.no_grad()
@@ -171,6 +167,7 @@ def train_reward_model(model: CausalLM, train_pairs: Sequence[PairIds], cfg: Rew
         if eval_pairs and (last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
             stats.update({f"eval_{k}": v for k, v in evaluate_pairs(model, eval_pairs, pad_id, cfg.micro_batch_size).items()})
         history.append(stats)
+        stop_on_skips(history, what="reward-model training")
         if log and (last or (step + 1) % max(1, cfg.eval_every or 50) == 0):
             held_out = f", held-out accuracy {stats['eval_accuracy']:.3f}" if "eval_accuracy" in stats else ""
             log(f"step {step + 1}/{cfg.steps}: loss {stats['loss']:.4f}, batch accuracy {stats['accuracy']:.3f}"

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from fastrlhf.model.decoder import CausalLM
 from fastrlhf.train.optim import Decay, build_optimizer, build_scheduler
 from fastrlhf.train.padding import pack_sequences
+from fastrlhf.errors import UserError
+from fastrlhf.updates import NonFiniteUpdate, optimizer_step
 
 Example = tuple[list[int], list[int]]  # (prompt_ids, response_ids)
 
@@ -111,13 +112,26 @@ def sft_step(model: CausalLM, optimizer: torch.optim.Optimizer, scheduler, examp
     """One optimizer step on `examples`; returns loss, tokens, grad_norm (before clipping) and lr."""
     optimizer.zero_grad(set_to_none=True)
     stats = accumulate_gradients(model, examples, micro_batch_size, pad_id)
-    params = [p for p in model.parameters() if p.grad is not None]
-    max_norm = grad_clip if grad_clip > 0 else float("inf")
-    stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     stats["lr"] = optimizer.param_groups[0]["lr"]
-    optimizer.step()
-    scheduler.step()
+    return guarded_step(model, optimizer, scheduler, grad_clip, stats)
+
+
+def guarded_step(model, optimizer, scheduler, grad_clip: float, stats: dict[str, float]) -> dict[str, float]:
+    """`updates.optimizer_step` on the accumulated gradients; a non-finite loss or gradient norm skips the
+    update (nothing applied) and marks the step `skipped` for the driver loop (`stop_on_skips`)."""
+    try:
+        stats["grad_norm"] = optimizer_step(model, optimizer, scheduler, grad_clip, stats["loss"])
+    except NonFiniteUpdate:
+        stats.update({"grad_norm": float("nan"), "skipped": 1.0})
     return stats
+
+
+def stop_on_skips(history: list[dict], limit: int = 3, what: str = "training") -> None:
+    """A one-line error once the last `limit` steps were all skipped for non-finite updates."""
+    recent = history[-limit:]
+    if len(recent) == limit and all(h.get("skipped") for h in recent):
+        raise UserError(f"{what}: {limit} steps in a row had a non-finite loss or gradient norm and were skipped "
+                        f"(nothing was applied); lower --lr or check the data")
 
 
 def train_sft(model: CausalLM, examples: Sequence[Example], cfg: SFTConfig, pad_id: int,
@@ -140,6 +154,7 @@ def train_sft(model: CausalLM, examples: Sequence[Example], cfg: SFTConfig, pad_
         batch = [examples[i] for i in batch_indices(len(examples), cfg.batch_size, step, cfg.seed)]
         stats = sft_step(model, optimizer, scheduler, batch, cfg.micro_batch_size, cfg.grad_clip, pad_id)
         history.append(stats)
+        stop_on_skips(history, what="SFT")
         if on_step is not None and on_step(step, stats):
             break
     model.eval()

@@ -30,9 +30,11 @@ from fastrlhf.model.tokenizer import Tokenizer
 from fastrlhf.rollout.engine import RolloutEngine
 from fastrlhf.rollout.sampler import SamplingParams
 from fastrlhf.train.logprobs import sequence_logprobs
+from fastrlhf.updates import optimizer_step
 from fastrlhf.train.padding import pack_sequences
 
 
+OUTSIDE_SUPPORT = "outside_support_tokens"  # a count per mini-batch: summed over micro-batches
 MODEL_DISTRIBUTION = SamplingParams(temperature=1.0)  # the model's own softmax: no temperature, no filtering
 
 
@@ -137,18 +139,17 @@ class ActorWorker:
         self.optimizer.zero_grad(set_to_none=True)
         stats_sum: dict[str, float] = {}
         diff = 0.0
+        loss_sum = torch.zeros(())
         for rows in torch.arange(len(mini)).split(micro_rows):
             micro = mini.select(rows)
             loss, stats, micro_diff = self._micro_loss(micro, normaliser, check_logprobs)
             loss.backward()
+            loss_sum = loss_sum + loss.detach().cpu()
             diff = max(diff, micro_diff)
             weight = self.objective.stat_weight(micro, mini)
             for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + (v if k in SUMMED_STATS else v * weight)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip if self.grad_clip > 0 else float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
-        stats_sum["grad_norm"] = float(grad_norm)
+                stats_sum[k] = stats_sum.get(k, 0.0) + (v if k in SUMMED_STATS or k == OUTSIDE_SUPPORT else v * weight)
+        stats_sum["grad_norm"] = optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_clip, loss_sum)
         return stats_sum, diff
 
     def _micro_loss(self, micro: Batch, normaliser: float, check_logprobs: bool):
@@ -158,9 +159,30 @@ class ActorWorker:
         diff = 0.0
         if check_logprobs and self.objective.uses_sampling_distribution:
             diff = float(((logprobs.detach() - micro["logprobs"]).abs() * mask).max())
+        logprobs, micro, outside = _outside_support_removed(logprobs, micro)
         loss, stats = self.objective.loss(logprobs, micro, normaliser)
         stats["entropy"] = _response_entropy(logits.detach(), mask[:, 1:], self.train_params)
+        stats[OUTSIDE_SUPPORT] = outside
         return loss, stats, diff
+
+
+def _outside_support_removed(logprobs: torch.Tensor, micro: Batch) -> tuple[torch.Tensor, Batch, float]:
+    """Drop response tokens the current policy gives probability 0 (log-prob −inf) from the loss.
+
+    With top-k / top-p sampling the trainer scores under the *filtered* distribution (so rollout and
+    trainer log-probs agree exactly). After a first mini-batch update a sampled token can fall outside
+    the new nucleus: its ratio π/π_old is 0, and the clipped surrogate's gradient there is 0 anyway,
+    but the k3 KL to the reference, e^(ref − logp) − (ref − logp) − 1, is +inf − inf = NaN. Such
+    tokens carry no usable gradient, so they leave the loss (their log-probs become 0 behind a masked
+    `where`, which passes no gradient); the normaliser keeps counting them, as a zero contribution.
+    Returns (log-probs, micro-batch with the reduced response mask, number of tokens dropped)."""
+    mask = micro["response_mask"]
+    outside = torch.isneginf(logprobs) & mask.bool()
+    if not bool(outside.any()):
+        return logprobs, micro, 0.0
+    keep = ~outside
+    logprobs = torch.where(keep, logprobs, torch.zeros_like(logprobs))
+    return logprobs, micro.update({"response_mask": mask * keep.to(mask.dtype)}), float(outside.sum())
 
 
 def _response_entropy(logits: torch.Tensor, mask: torch.Tensor, params: SamplingParams) -> float:

@@ -11,7 +11,8 @@ Per response token t of sample i (DAPO eq. 8 with GRPO's KL term, DeepSeekMath e
 
 `clip_low == clip_high` is PPO's symmetric clip; `clip_high > clip_low` is DAPO's clip-higher
 (e.g. 0.2 / 0.28). `aggregation` is a name from `AGGREGATIONS` (token_mean: DAPO, sequence_mean:
-GRPO, token_sum_norm: Dr. GRPO) or any `fn(values [N, T], mask [N, T]) -> scalar`.
+GRPO, token_sum_norm: Dr. GRPO) or any `fn(values [N, T], mask [N, T]) -> scalar`, such as
+`share_of(mini_batch_count, name)`, a micro-batch's share of a mini-batch aggregate.
 
 Statistics (floats, token means over the response mask regardless of the loss aggregation):
     loss, policy_loss (aggregated like the loss), ratio (mean), clip_fraction (share of tokens whose
@@ -28,13 +29,9 @@ Left out: dual-clip PPO (a lower bound on negative-advantage losses), entropy bo
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from fastrlhf.algorithms.losses.aggregation import AGGREGATIONS
-
-Aggregation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from fastrlhf.algorithms.losses.aggregation import Aggregation, resolve
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -53,14 +50,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     mask = mask.to(values.dtype)
     return float((values * mask).sum() / mask.sum().clamp(min=1))
-
-
-def _resolve(aggregation: str | Aggregation) -> Aggregation:
-    if callable(aggregation):
-        return aggregation
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown loss aggregation {aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
-    return AGGREGATIONS[aggregation]
 
 
 def _check_shapes(logprobs, old_logprobs, advantages, response_mask) -> torch.Tensor:
@@ -92,7 +81,7 @@ def clipped_policy_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate (+ optional k3 KL to the reference); returns (scalar loss, stats)."""
     advantages = _check_shapes(logprobs, old_logprobs, advantages, response_mask)
-    aggregate = _resolve(aggregation)
+    aggregate = resolve(aggregation)
     log_ratio = logprobs - old_logprobs                                       # [N, T]
     ratio = torch.exp(log_ratio)                                              # [N, T]
     clipped_ratio = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)           # [N, T]

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from fastrlhf.algorithms.losses.policy import Aggregation, _masked_mean, _resolve
+from fastrlhf.algorithms.losses.aggregation import Aggregation, resolve
+from fastrlhf.algorithms.losses.policy import _masked_mean
 
 
 def _check_shapes(*tensors: torch.Tensor) -> None:
@@ -46,7 +47,7 @@ def clipped_value_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped value loss; returns (scalar loss, stats)."""
     _check_shapes(values, old_values, returns, response_mask)
-    aggregate = _resolve(aggregation)
+    aggregate = resolve(aggregation)
     unclipped = (values - returns) ** 2                                      # [N, T]
     if clip_range is not None and clip_range > 0:
         clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)  # [N, T]

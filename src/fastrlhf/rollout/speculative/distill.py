@@ -25,6 +25,7 @@ import torch
 
 from fastrlhf.model.decoder import CausalLM
 from fastrlhf.rollout.sampler import SamplingParams, sampling_logprobs
+from fastrlhf.updates import optimizer_step
 
 
 def pack_rollouts(seqs, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -73,7 +74,7 @@ def distill_draft(draft: CausalLM, actor: CausalLM, sequences, attention_mask, r
             loss = distillation_loss(logits, target[rows], mask[rows], temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            optimizer_step(draft, optimizer, None, loss=loss.detach())  # non-finite: raises, nothing applied
             losses.append(float(loss.detach()))
     draft.eval()
     return {"distill/kl_first": losses[0], "distill/kl_last": losses[-1]}

@@ -74,7 +74,7 @@ class DraftModelDrafter:
         params, contiguous = engine.params, int(slots[-1]) == B - 1
         starts = [self._valid_prefix(int(slot), s.seq_id, c) for slot, s, c in zip(slots.tolist(), seqs, contexts)]
         logits = self._catch_up(slots, contexts, starts, contiguous)  # [B, V] predicts output index n_b
-        seeds, counters = engine.seeds[slots], engine.n_generated[slots]
+        seeds, counters = engine.sampling_state(slots)
         ctx_len = torch.tensor([len(c) for c in contexts], device=dev)
         tokens = torch.zeros(B, G, dtype=torch.long, device=dev)
         q = None if params.greedy else torch.zeros(B, G, logits.shape[-1], dtype=torch.float32, device=dev)
@@ -94,7 +94,7 @@ class DraftModelDrafter:
         return Draft(tokens, lengths, q)
 
     def _ensure_cache(self, engine) -> None:
-        S, L = engine.cache.num_slots, engine.cache.max_len
+        S, L = engine.cache_size()
         if self.cache is None or self.cache.num_slots != S or self.cache.max_len != L:
             param = next(self.model.parameters())
             self.cache = KVCache(self.model.config, S, L, param.dtype, param.device)

@@ -142,8 +142,7 @@ class AdaptiveSpeculator(Speculator):
             if not hasattr(drafter, "propose"):
                 continue
             rows = []
-            for slot in active:
-                seq = engine.scheduler.running[slot]
+            for slot, seq in zip(active, engine.running_sequences(active)):
                 context = self._context(engine, seq)
                 draft = self._propose(drafter, seq, context, 1)
                 if draft:
@@ -154,7 +153,7 @@ class AdaptiveSpeculator(Speculator):
     def _score_shadow(self, engine, shadow) -> None:
         for name, rows in shadow.items():
             if rows:
-                sampled = engine.out_tokens[[r[0] for r in rows], [r[1] for r in rows]].tolist()
+                sampled = engine.output_tokens([r[0] for r in rows], [r[1] for r in rows])
                 self._update_alpha(name, sum(t == r[2] for t, r in zip(sampled, rows)), len(rows))
 
     def _drafts(self, drafter, gamma, engine, slots, seqs):
@@ -202,7 +201,7 @@ class AdaptiveSpeculator(Speculator):
             rows = min(bucket, len(active))
             slots = slots_all[:rows]
             for gamma in sorted({0, *self.gammas}):
-                fed = engine.last_token[slots][:, None].expand(rows, 1 + gamma).contiguous()
+                fed = engine.next_tokens(slots)[:, None].expand(rows, 1 + gamma).contiguous()
                 best = float("inf")
                 for _ in range(repeats):
                     started = self.clock()

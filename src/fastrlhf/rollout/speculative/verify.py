@@ -21,6 +21,10 @@ With a deterministic drafter and counter-based randomness the committed tokens a
 tokens* plain decoding samples: speculation changes speed, never samples (tested token for token).
 With a stochastic drafter they follow the same distribution (tested by χ² over whole sequences).
 
+The speculator reaches the engine only through its speculation interface (engine.py:
+`running_sequences`, `generated_tokens`, `next_tokens`, `sampling_state`, `verify_forward`, `append`,
+…); it never touches the engine's cache or per-slot state.
+
 Left out: token trees, compile of the verify pass.
 """
 
@@ -30,7 +34,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fastrlhf.rollout.kv_cache import DecodeView
 from fastrlhf.rollout.speculative.acceptance import accept_by_comparison, accept_by_rejection
 
 
@@ -114,12 +117,12 @@ class Speculator:
 
     def verify_with(self, drafter, gamma: int, engine, active: list[int]) -> None:
         """One draft + verification pass with `drafter` at draft length `gamma` for the running slots."""
-        seqs = [engine.scheduler.running[s] for s in active]
+        seqs = engine.running_sequences(active)
         slots = torch.tensor(active, device=engine.device)
         draft = self._drafts(drafter, gamma, engine, slots, seqs)
-        fed = torch.cat([engine.last_token[slots][:, None], draft.tokens], dim=1)  # [B, T]
+        fed = torch.cat([engine.next_tokens(slots)[:, None], draft.tokens], dim=1)  # [B, T]
         logits = self._verify(engine, slots, fed, contiguous=active[-1] == len(active) - 1)  # [B, T, V]
-        seeds, counters = engine.seeds[slots], engine.n_generated[slots]
+        seeds, counters = engine.sampling_state(slots)
         if draft.q is None or draft.tokens.shape[1] == 0:
             y, logp, n_commit = accept_by_comparison(logits, draft.tokens, draft.lengths, engine.params, seeds, counters)
         else:
@@ -128,15 +131,16 @@ class Speculator:
 
     def _drafts(self, drafter, gamma: int, engine, slots, seqs) -> Draft:
         contexts = [self._context(engine, s) for s in seqs]
-        rooms = (engine.params.max_new_tokens - engine.n_generated[slots] - 1).clamp(min=0)  # tokens left after y_0
+        _, generated = engine.sampling_state(slots)
+        rooms = (engine.params.max_new_tokens - generated - 1).clamp(min=0)  # tokens left after y_0
         gammas = rooms.clamp(max=gamma).tolist()
         if hasattr(drafter, "draft_batch"):
             return drafter.draft_batch(engine, slots, seqs, contexts, gammas)
         return Draft.from_lists([self._propose(drafter, s, c, g) for s, c, g in zip(seqs, contexts, gammas)], engine.device)
 
     def _context(self, engine, seq) -> list[int]:
-        n = int(engine.n_generated[seq.slot])
-        return seq.prompt_ids + engine.out_tokens[seq.slot, :n].tolist()
+        """The running sequence's tokens so far: prompt + generated."""
+        return seq.prompt_ids + engine.generated_tokens(seq.slot)
 
     def _propose(self, drafter, seq, context: list[int], gamma: int) -> list[int]:
         key = (id(drafter), seq.seq_id)
@@ -147,16 +151,11 @@ class Speculator:
         return drafter.propose(tuple(seq.prompt_ids), context, gamma) if gamma > 0 else []
 
     def _verify(self, engine, slots, fed, contiguous: bool) -> torch.Tensor:
-        model = engine.model
-        positions = engine.lengths[slots][:, None] + torch.arange(fed.shape[1], device=engine.device)  # [B, T]
-        # a row with a shorter draft is padded; its padding may point past the cache: clamp it into the
-        # row's own slot (positions beyond a sequence's length are rewritten before they are ever read)
-        positions = positions.clamp(max=engine.cache.max_len - 1)
-        span = int(positions.max()) + 1
-        key_positions = torch.arange(span, device=engine.device).expand(fed.shape[0], span)
-        masks = model.masks_for(positions, key_positions, torch.ones_like(key_positions, dtype=torch.bool))
-        hidden = model.hidden_states(fed, positions, masks, DecodeView(engine.cache, slots, positions, span, contiguous))
-        return model.logits(hidden)
+        """The actor's verification forward of `fed` [B, T] → logits [B, T, V] (KV rollback: the
+        K/V of every fed token is written beyond the live lengths; only `append` makes it live).
+        A row with a shorter draft is padded; the engine clamps padding past the cache into the
+        row's own slot."""
+        return engine.verify_forward(slots, fed, contiguous)
 
     def _commit(self, engine, slots, seqs, y, logp, n_commit, draft_len) -> None:
         self.stats.passes += len(seqs)
@@ -166,8 +165,7 @@ class Speculator:
             rows = alive & (t < n_commit)
             if not bool(rows.any()):
                 break
-            engine.lengths[slots[rows]] += 1  # the token fed at this position is now part of the sequence
-            done = engine._commit(slots[rows], y[rows, t], logp[rows, t])
+            done = engine.append(slots[rows], y[rows, t], logp[rows, t])  # the fed token becomes live, y_t is recorded
             committed[rows] += 1
             alive[rows.nonzero().squeeze(1)[done]] = False
         # accepted = drafts that became part of a sequence. A row that stopped on an accepted draft

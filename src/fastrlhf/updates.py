@@ -1,0 +1,47 @@
+"""The one optimizer-update helper, shared by every trainer: actor, critic, SFT, reward model, draft.
+
+A leaf module (like files.py) so rollout/ (draft distillation) and train/ both use it without
+breaking the one-way package order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class NonFiniteUpdate(Exception):
+    """An update whose loss or gradient norm is not finite; nothing was applied (gradients cleared)."""
+
+    def __init__(self, what: str, value: float):
+        super().__init__(f"non-finite {what} ({value})")
+        self.what, self.value = what, value
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, grad_clip: float = 0.0,
+                   loss: float | torch.Tensor | None = None) -> float:
+    """The one update helper every trainer uses (actor, critic, SFT, reward model, draft distillation):
+    clip the gradients' global norm to `grad_clip` (0 = no clipping), then `optimizer.step()` and
+    `scheduler.step()`; returns the pre-clipping norm.
+
+    Guard: when `loss` (the accumulated loss of this update) or the gradient norm is NaN / ±inf the
+    update is *not* applied — gradients are cleared, weights, optimizer moments and the schedule
+    stay as they were — and `NonFiniteUpdate` is raised for the caller to skip the step. One host
+    sync per update (reading the norm), which the stats need anyway.
+    """
+    if loss is not None:
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteUpdate("loss", loss_value)
+    limit = grad_clip if grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], limit))
+    if not math.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteUpdate("gradient norm", grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return grad_norm
