@@ -57,9 +57,14 @@ def _faster(acc, factor):
 def test_a_profile_wrong_by_2x_misses(cpu, case):
     """Every measured rate halved (or doubled) moves the time predictions out of the bounds."""
     model, spec = validate.build(case)
-    with validate.num_threads(1):
-        measured = validate.measure(model, case, repeats=3)
-    for acc in (_faster(cpu, 0.5), _faster(cpu, 2.0)):
-        for key in ("forward_s", "train_step_s", "decode_token_s"):
-            error = validate.predict(spec, acc, case)[key] / measured[key] - 1
-            assert abs(error) > TOL[key], (acc.peak_flops, key, error)
+    profile = cpu
+    for _ in range(3):  # a calibration or a run slowed by a neighbour process: calibrate and measure again
+        with validate.num_threads(1):
+            measured = validate.measure(model, case, repeats=3)
+        inside = [(factor, key, validate.predict(spec, _faster(profile, factor), case)[key] / measured[key] - 1)
+                  for factor in (0.5, 2.0) for key in ("forward_s", "train_step_s", "decode_token_s")]
+        inside = [miss for miss in inside if abs(miss[2]) <= TOL[miss[1]]]
+        if not inside:
+            break
+        profile = calibrate_cpu(threads=1)
+    assert not inside, inside  # (speed factor, quantity, error) of predictions a wrong profile got right

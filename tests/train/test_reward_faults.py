@@ -121,3 +121,12 @@ def test_a_hung_reward_function_trips_the_watchdog(tiny_policy, tmp_path):
     report = next(run_dir.glob("hang-*.txt")).read_text()
     assert "time.sleep(600)" in report or "flaky_reward.py" in report  # the stuck frame is in the dump
     assert (run_dir / "checkpoints" / "step_000002" / "state.json").is_file()
+
+
+def test_with_progress_shown_the_error_is_still_the_only_stderr_line(tiny_policy, tmp_path, capsys):
+    """Progress goes to stdout; a failed run's stderr is its one error line (it used to follow progress lines)."""
+    reward = faulty_reward(tmp_path, FAULTS["raises"][0])
+    code = main(["train", *overrides(tiny_policy, tmp_path / "r", reward)])
+    out, err = capsys.readouterr()
+    assert "step 2/4" in out and "start held-out" in out
+    assert_clean_stop(code, err, tmp_path / "r", FAULTS["raises"][1])

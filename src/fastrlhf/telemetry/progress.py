@@ -4,6 +4,8 @@
 
 On a terminal the lines scroll above a live bar (`rich`); on anything else (CI logs, pipes, files)
 only the plain lines are printed, each ending with the ETA, and no ANSI escape ever appears.
+Progress goes to stdout, with the run's results; stderr carries only errors and warnings, so a
+failed run's stderr is its one error line (`2> err.txt` captures exactly that).
 Which metrics are shown is the caller's choice (`fields`); the default reads the shared names of
 `fastrlhf.telemetry.metrics` and every `time/<call>` key, in the order they were given.
 
@@ -23,7 +25,8 @@ from fastrlhf.telemetry.metrics import KL, RESPONSE_LENGTH, REWARD, TIME_PREFIX,
 
 # (label, metric key) in display order
 DEFAULT_FIELDS: tuple[tuple[str, str], ...] = (
-    ("reward", REWARD), ("kl", KL), ("len", RESPONSE_LENGTH), ("tok/s", TOKENS_PER_S))
+    ("reward", REWARD), ("kl", KL), ("len", RESPONSE_LENGTH), ("tok/s", TOKENS_PER_S),
+    ("SKIPPED (non-finite update), skips so far", "nonfinite_skipped_total"))
 
 # short names for the kind part of a model call name ("actor.generate" -> "gen")
 _KIND_LABELS = {"generate": "gen", "inference": "inf", "train": "train", "score": "score"}
@@ -42,7 +45,7 @@ class Progress:
         self.total_steps = int(total_steps)
         self.start_step = int(start_step)
         self.enabled = enabled
-        self.stream = sys.stderr if stream is None else stream
+        self.stream = sys.stdout if stream is None else stream
         self.fields = tuple(fields)
         self.clock = clock
         self.tty = enabled and is_tty(self.stream)
@@ -108,7 +111,7 @@ class Progress:
 
 def phase(msg: str, stream: TextIO | None = None) -> None:
     """Print a one-off status line ("preparing built-in policy...") on its own line."""
-    stream = sys.stderr if stream is None else stream
+    stream = sys.stdout if stream is None else stream
     if is_tty(stream):
         from rich.console import Console
 

@@ -226,7 +226,9 @@ class Run:
             self.engine.policy_version = version
             self.nonfinite_skips += 1
             self.consecutive_skips += 1
-            metrics = {"nonfinite_skips": float(self.nonfinite_skips)}
+            # only on a skipped step: the progress line then says so (telemetry/progress.py)
+            metrics = {"nonfinite_skips": float(self.nonfinite_skips),
+                       "nonfinite_skipped_total": float(self.nonfinite_skips)}
             if self.consecutive_skips >= self.config.train.max_nonfinite_skips:
                 self.data_position += self.config.train.prompts_per_step
                 error = NonFiniteError(f"step {step + 1}: {bad}; {self.consecutive_skips} steps in a row were skipped "
@@ -257,11 +259,12 @@ class Run:
         saved = latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
         return int(saved.name.split("_")[1]) if saved is not None else None
 
-    def resume_hint(self) -> str:
+    def resume_hint(self, nothing_saved: str | None = None) -> str:
+        """What is saved and how to continue; `nothing_saved` replaces the text used when no step is."""
         saved = self.saved_step()
         if saved:
             return f"steps 1-{saved} are saved; continue with: fastrlhf train --resume {self.run_dir}"
-        return f"no step is saved yet; fastrlhf train --resume {self.run_dir} starts the run again from step 1"
+        return nothing_saved or f"no step is saved yet; fastrlhf train --resume {self.run_dir} starts the run again from step 1"
 
     def save_before_failure(self, step: int, exc: BaseException) -> None:
         """The run stops with `step` steps completed and the models in their state after them (a
@@ -269,7 +272,7 @@ class Run:
         in the error. A Ctrl-C pressed twice (KeyboardInterrupt) saves nothing more: it means now."""
         if not isinstance(exc, KeyboardInterrupt) and step > (self.saved_step() or 0):
             self.checkpoint(step)
-        hint = self.resume_hint()
+        hint = self.resume_hint(nothing_saved="no step was completed")  # a fresh run that saved nothing is removed
         if isinstance(exc, UserError):
             exc.args = (f"{exc} ({hint})",)
         elif isinstance(exc, KeyboardInterrupt):
