@@ -3,7 +3,6 @@ continuous admission: stop tokens make sequences end at different steps, so sequ
 and prefilled while others are still decoding. The static step is run eagerly (no cold compile)."""
 
 import pytest
-import torch
 from helpers import tiny_model_dir
 
 from fastrlhf.model.hf_io import load_model

@@ -136,7 +136,6 @@ def test_resume_continues_the_data_stream_when_prompts_per_step_changes(tiny_pol
         seen.append(self.data_position)
         return original(self, step)
     monkeypatch.setattr(loop.Run, "step", record)
-    (tmp_path / "r" / "final").rename(tmp_path / "r" / "final-old")
     run(tiny_policy, tmp_path / "r", 4, f"task.reward={digit_reward}", "train.lr_decay=none",
         "train.prompts_per_step=3", resume=True)
     assert seen == [8, 11]  # 2 steps × 4 prompts consumed, then 3 per step: nothing replayed or skipped

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -335,8 +336,6 @@ def _write_json(path: Path, data: Any) -> None:
 
 def read_checkpoint_info(path: Path) -> tuple[dict, dict]:
     """(the config mapping it was made with, its `extra`) — read before any model is built."""
-    import yaml
-
     state = _read_json(path / "state.json")
     if not isinstance(state, dict) or not isinstance(state.get("extra", {}), dict):
         raise UserError(f"{path / 'state.json'}: malformed (expected an object with an 'extra' object)")

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from fastrlhf.algorithms.graphs import GRAPHS
-from fastrlhf.algorithms.losses.policy import k3_kl
+from fastrlhf.algorithms.losses.policy import mean_k3_kl
 from fastrlhf.config import Config, config_from_dict, save_config
 from fastrlhf.dataflow.executor import LocalExecutor
 from fastrlhf.errors import UserError
@@ -40,7 +40,7 @@ from fastrlhf.model.hf_io import copy_tokenizer_files, load_model, load_model_an
 from fastrlhf.rollout.engine import RolloutEngine
 from fastrlhf.rollout.sampler import SamplingParams
 from fastrlhf.telemetry.metrics import MetricsWriter, read_metrics
-from fastrlhf.telemetry.progress import Progress
+from fastrlhf.telemetry.progress import Progress, phase
 from fastrlhf.train.checkpoint import (capture_rng, check_finite, latest_checkpoint, load_checkpoint, read_checkpoint_info,
                                        restore_rng, save_checkpoint)
 from fastrlhf.train.data import pair_batch, prompt_batch, prompt_source
@@ -81,9 +81,7 @@ def sample_kl(batch) -> float | None:
     the loss or in the reward (`kl_in`). None without a reference."""
     if "ref_logprobs" not in batch or "logprobs" not in batch:
         return None
-    mask = batch["response_mask"].to(torch.float32)
-    kl = k3_kl(batch["logprobs"], batch["ref_logprobs"]) * mask
-    return float(kl.sum() / mask.sum().clamp(min=1))
+    return mean_k3_kl(batch["logprobs"], batch["ref_logprobs"], batch["response_mask"])
 
 
 class Run:
@@ -348,8 +346,6 @@ def train(config: Config, resume: bool = False, show_progress: bool = True) -> R
 
 def progress_note(enabled: bool, message: str) -> None:
     if enabled:
-        from fastrlhf.telemetry.progress import phase
-
         phase(message)
 
 

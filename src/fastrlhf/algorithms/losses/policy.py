@@ -40,6 +40,11 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ratio) - log_ratio - 1
 
 
+def mean_k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor) -> float:
+    """Mean of `k3_kl` over response tokens: the run's logged `kl` (samples of the behaviour policy)."""
+    return _masked_mean(k3_kl(logprobs, ref_logprobs), response_mask)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """[N, T, V] -> [N, T] entropy of softmax(logits): logsumexp(z) - sum_v softmax(z)_v z_v."""
     dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16/fp16 logits: compute in fp32
