@@ -52,6 +52,11 @@ def builtin_task(value: str) -> str | None:
 class ModelSection:
     path: str = option("builtin", "HF model directory, or 'builtin' for the task's tiny SFT model",
                        non_empty)
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = option(
+        "auto", "compute precision of every model (actor, reference, critic, reward model, draft): bf16 / fp16 "
+                "compute with fp32 master weights and optimizer state for the trained ones; auto = bf16 on a CUDA "
+                "GPU with bf16, or on a CPU whose bf16 matmul is measured faster than fp32; else fp32 (exact "
+                "rollout = trainer log-probs)")
 
 
 @dataclass
@@ -134,6 +139,11 @@ class AlgorithmSection:
                                      at_least(0))
     beta: float = option(0.1, "DPO: inverse temperature of the implicit reward", greater_than(0.0))
     dpo_loss: Literal["sigmoid", "ipo"] = option("sigmoid", "DPO loss: sigmoid (Rafailov 2023) or IPO (Azar 2023)")
+    recompute_logprobs: Literal["auto", "always", "never"] = option(
+        "auto", "pi_old of the clipped ratio from the trainer's own forward before the update (always), or the "
+                "rollout engine's log-probs (never); auto = always unless model.dtype is fp32, where both are equal")
+    tis_cap: float = option(2.0, "truncated importance sampling: weight each token's policy loss by "
+                                 "min(pi_old / pi_rollout, tis_cap) when pi_old is recomputed (0 = off)", at_least(0.0))
 
 
 @dataclass
@@ -146,7 +156,11 @@ class TrainSection:
     lr_decay: Literal["none", "linear", "cosine"] = option("cosine", "LR decay after warm-up")
     weight_decay: float = option(0.0, "AdamW weight decay", at_least(0.0))
     grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)", at_least(0.0))
-    micro_batch_size: int = option(64, "sequences per forward/backward pass", at_least(1))
+    micro_batch_size: int = option(64, "sequences per forward/backward pass (scoring, the critic, and training "
+                                       "when train.micro_batch_tokens is 0)", at_least(1))
+    micro_batch_tokens: int = option(16384, "training token budget per forward/backward: sequences packed "
+                                            "without padding, response-only chunked log-probs (0 = padded rows of "
+                                            "train.micro_batch_size)", at_least(0))
     mini_batches: int = option(1, "optimizer steps per rollout batch (each on 1/mini_batches of it)",
                                at_least(1))
     seed: int = option(0, "one seed for data order, sampling and init", at_least(0))

@@ -21,7 +21,7 @@ class NonFiniteUpdate(Exception):
 
 
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, grad_clip: float = 0.0,
-                   loss: float | torch.Tensor | None = None) -> float:
+                   loss: float | torch.Tensor | None = None, scaler=None) -> float:
     """The one update helper every trainer uses (actor, critic, SFT, reward model, draft distillation):
     clip the gradients' global norm to `grad_clip` (0 = no clipping), then `optimizer.step()` and
     `scheduler.step()`; returns the pre-clipping norm.
@@ -30,6 +30,10 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler
     update is *not* applied — gradients are cleared, weights, optimizer moments and the schedule
     stay as they were — and `NonFiniteUpdate` is raised for the caller to skip the step. One host
     sync per update (reading the norm), which the stats need anyway.
+
+    fp16 (`scaler`, a `torch.amp.GradScaler` whose scaled loss the caller back-propagated): the
+    gradients are unscaled before clipping; an infinite norm there is the scaler's overflow, not a
+    broken run — the update is skipped, the scale lowered, and the norm returned as NaN (no error).
     """
     if loss is not None:
         loss_value = float(loss)
@@ -37,7 +41,18 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler
             optimizer.zero_grad(set_to_none=True)
             raise NonFiniteUpdate("loss", loss_value)
     limit = grad_clip if grad_clip > 0 else float("inf")
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], limit))
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step itself when the unscaled gradients overflowed
+        scaler.update()
+        if not math.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)
+            return float("nan")
+        if scheduler is not None:
+            scheduler.step()
+        return grad_norm
     if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteUpdate("gradient norm", grad_norm)

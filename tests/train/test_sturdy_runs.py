@@ -87,9 +87,9 @@ def test_a_step_that_fails_half_way_checkpoints_the_pre_step_state(tiny_policy, 
 def test_a_non_finite_loss_skips_the_step_and_keeps_the_pre_step_weights(tiny_policy, digit_reward, tmp_path, monkeypatch):
     original = workers.ActorWorker._micro_loss
 
-    def nan_in_step_2(self, micro, normaliser, check_logprobs):
-        loss, stats, diff = original(self, micro, normaliser, check_logprobs)
-        return (loss * float("nan") if self.step == 1 else loss), stats, diff
+    def nan_in_step_2(self, micro, normaliser, mismatch):
+        loss, stats = original(self, micro, normaliser, mismatch)
+        return (loss * float("nan") if self.step == 1 else loss), stats
     monkeypatch.setattr(workers.ActorWorker, "_micro_loss", nan_in_step_2)
     result = run(tiny_policy, tmp_path / "r", 3, f"task.reward={digit_reward}")
     assert [m["nonfinite_skips"] for m in result.history] == [0, 1, 1]
@@ -103,9 +103,9 @@ def test_consecutive_non_finite_steps_stop_the_run_with_a_clean_checkpoint(tiny_
                                                                            monkeypatch, capsys):
     original = workers.ActorWorker._micro_loss
 
-    def nan_from_step_2(self, micro, normaliser, check_logprobs):
-        loss, stats, diff = original(self, micro, normaliser, check_logprobs)
-        return (loss * float("nan") if self.step >= 1 else loss), stats, diff
+    def nan_from_step_2(self, micro, normaliser, mismatch):
+        loss, stats = original(self, micro, normaliser, mismatch)
+        return (loss * float("nan") if self.step >= 1 else loss), stats
     monkeypatch.setattr(workers.ActorWorker, "_micro_loss", nan_from_step_2)
     code = main(["train", *overrides(tiny_policy, tmp_path / "r", 10, f"task.reward={digit_reward}",
                                      "train.max_nonfinite_skips=2", "train.checkpoint_every=0"), "--quiet"])

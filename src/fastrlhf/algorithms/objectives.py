@@ -23,7 +23,8 @@ Objectives (`OBJECTIVES[algorithm.name](algorithm_section)`):
   IPO) on summed sequence log-probs under the plain model (temperature 1, no filtering), against
   the frozen reference's.
 
-Batch fields follow algorithms/graphs.py; PPO adds `values` [N, T] (critic, aligned with tokens).
+Batch fields follow algorithms/graphs.py; PPO adds `values` [N, T] (critic, aligned with tokens); the
+actor worker may add `tis_weights` [N, T] (truncated importance weights, rollout vs trainer kernels).
 Left out: entropy bonus, per-token DPO variants, KTO / ORPO / SimPO, sequence-level PPO ratios.
 """
 
@@ -89,6 +90,7 @@ class PolicyGradient:
             clip_low=self.cfg.clip_low, clip_high=self.cfg.clip_high,
             aggregation=share_of(normaliser, self.cfg.loss_aggregation),
             ref_logprobs=micro["ref_logprobs"] if use_kl else None, kl_coef=self.cfg.kl_coef if use_kl else 0.0,
+            token_weights=micro["tis_weights"] if "tis_weights" in micro else None,
         )
 
 

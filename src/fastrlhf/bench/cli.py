@@ -1,5 +1,7 @@
-"""`fastrlhf bench rollout`: the rollout engine vs transformers `generate` (bench/rollout.py), or with
-`--speculative`, plain vs speculative rollouts on a GRPO-shaped workload (bench/speculative.py)."""
+"""`fastrlhf bench rollout`: the rollout engine vs transformers `generate` (bench/rollout.py) on a random
+4 M model or, with `--model DIR --dtype fp32|bf16|fp16`, on the user's own model directory; with
+`--speculative`, plain vs speculative rollouts on a GRPO-shaped workload (bench/speculative.py).
+`fastrlhf bench make-model --shape 23m|135m OUT_DIR` writes a benchmark model directory (bench/shapes.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,10 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="bench", metavar="BENCH", parser_class=type(p))
     sub.required = True
     r = sub.add_parser("rollout", help="our rollout engine vs transformers generate on the same weights")
+    r.add_argument("--model", metavar="DIR",
+                   help="HF model directory to benchmark (default: a random 4 M Llama; see `fastrlhf bench make-model`)")
+    r.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="precision of the weights and compute, the same on both sides")
     r.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                    help="sequences per generate call (default 1 8 64; with --speculative 8 32 128 = prompts × 8)")
     r.add_argument("--new-tokens", type=int, default=None,
@@ -42,10 +48,22 @@ def register(subparsers) -> None:
     r.add_argument("--draft-layers", type=int, default=1, help="layers kept in the draft model (--speculative)")
     r.add_argument("--distill-epochs", type=int, default=20, help="distillation epochs of the draft, 0 = truncated only (--speculative)")
     r.set_defaults(func=run_rollout)
+    m = sub.add_parser("make-model", help="write a benchmark model directory (random-init, seeded) both benchmarks load")
+    m.add_argument("--shape", choices=["builtin", "23m", "135m"], required=True,
+                   help="23m: hidden 512, 8 layers; 135m: SmolLM-135M's proportions; builtin: copy of the shipped policy")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("out_dir", metavar="OUT_DIR")
+    m.set_defaults(func=run_make_model)
+
+
+def run_make_model(args: argparse.Namespace) -> int:
+    from fastrlhf.bench.shapes import make_model
+
+    return make_model(args.shape, args.out_dir, args.seed)
 
 
 def run_rollout(args: argparse.Namespace) -> int:
-    from fastrlhf.bench.rollout import BenchSpec, markdown_table, run
+    from fastrlhf.bench.rollout import BenchSpec, check_model_dir, markdown_table, run, section_heading
 
     if args.batch_sizes is None:
         args.batch_sizes = [8, 32, 128] if args.speculative else [1, 8, 64]
@@ -59,13 +77,16 @@ def run_rollout(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be ≥ 1")
     command = "fastrlhf " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("fastrlhf") else "fastrlhf bench rollout"
     if args.speculative:
+        if args.model is not None or args.dtype != "fp32":
+            raise UserError("--model / --dtype apply to the engine vs transformers benchmark, not --speculative")
         return run_speculative(args, command)
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
     spec = BenchSpec(batch_sizes=tuple(args.batch_sizes), new_tokens=args.new_tokens, repeats=args.repeats,
-                     compile_modes=modes, threads=args.threads)
+                     compile_modes=modes, threads=args.threads, model_dir=args.model, dtype=args.dtype)
+    check_model_dir(spec)  # a bad --model is one line, before anything is loaded or timed
     print(f"benchmarking rollout: batch sizes {spec.batch_sizes}, {spec.new_tokens} new tokens, {spec.repeats} repeats", file=sys.stderr)
     rows, info = run(spec, log=lambda line: print(line, file=sys.stderr))
-    return _publish(markdown_table(rows, spec, info, command), args.write, SECTION)
+    return _publish(markdown_table(rows, spec, info, command), args.write, section_heading(spec, info))
 
 
 def run_speculative(args: argparse.Namespace, command: str) -> int:

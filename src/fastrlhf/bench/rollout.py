@@ -1,13 +1,19 @@
 """`fastrlhf bench rollout`: our rollout engine vs `transformers` `generate` on the same weights.
 
 Protocol (both sides, same process, same thread count):
-- one random Llama-family model (seeded) is saved as an HF directory; ours loads it with `load_model`,
-  transformers with `AutoModelForCausalLM.from_pretrained` — the same fp32 weights;
-- the same prompts (random token ids, lengths 16–47) and sampling settings: temperature 1, no
+- one model directory: by default a random Llama-family model (seeded) saved as an HF directory, or
+  the user's own (`--model DIR`, e.g. one written by `fastrlhf bench make-model`); ours loads it with
+  `load_model(dir).to(dtype)`, transformers with `AutoModelForCausalLM.from_pretrained(dir, dtype=dtype)`
+  — the same weights in the same precision (`--dtype fp32 | bf16 | fp16`);
+- each side at its own best settings: transformers with its KV cache (`use_cache=True`), its default
+  attention implementation and no torch.compile (eager PyTorch); ours, the engine as is (`--compile`
+  adds compiled rows);
+- the same prompts (random token ids 3 .. vocab − 1, lengths 16–47) and sampling settings: temperature 1, no
   top-k / top-p, exactly `new_tokens` new tokens per sequence (no stop token on either side, so both
   generate the same number of tokens);
 - per batch size: one untimed warm-up per side (for `compile`, the warm-up includes the compile,
-  reported separately), then `repeats` timed runs, alternating sides so drift hits both equally;
+  reported separately), then `repeats` timed runs, alternating which side goes first so drift hits
+  both equally;
 - tokens/s = batch × new_tokens / wall seconds; the table reports medians and our/HF ratios.
 
 Left out: other frameworks (vLLM has no CPU wheel; TRL generates through transformers), GPU runs.
@@ -24,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from fastrlhf.errors import UserError
 from fastrlhf.model.config import ModelConfig
 from fastrlhf.model.decoder import CausalLM
 from fastrlhf.model.hf_io import load_model, save_model
@@ -44,6 +51,12 @@ class BenchSpec:
     vocab: int = 2048
     threads: int = 2
     seed: int = 0
+    model_dir: str | None = None  # None: the random model above
+    dtype: str = "fp32"  # fp32 | bf16 | fp16, both sides
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROMPT_LENGTHS = (16, 48)  # [low, high) tokens per prompt
 
 
 @dataclass
@@ -75,7 +88,7 @@ def bench_model_config(spec: BenchSpec) -> ModelConfig:
 
 def make_prompts(batch: int, vocab: int, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(16, 48, (batch,), generator=g)
+    lengths = torch.randint(*PROMPT_LENGTHS, (batch,), generator=g)
     return [torch.randint(3, vocab, (int(n),), generator=g).tolist() for n in lengths]
 
 
@@ -102,29 +115,33 @@ def _time_hf(model, prompts, new_tokens: int) -> float:
     started = time.perf_counter()
     with torch.no_grad():
         out = model.generate(ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                             max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None)
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None,
+                             use_cache=True)
     seconds = time.perf_counter() - started
     assert out.shape[1] - ids.shape[1] == new_tokens
     return len(prompts) * new_tokens / seconds
 
 
 def run(spec: BenchSpec, log=print) -> tuple[list[Row], dict]:
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
-    cfg = bench_model_config(spec)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_model(CausalLM(cfg), Path(tmp) / "model")
-        ours = load_model(Path(tmp) / "model")
-        hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "model", dtype=torch.float32).eval()
+    dtype = DTYPES[spec.dtype]
+    if spec.model_dir is None:
+        cfg = bench_model_config(spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model(CausalLM(cfg), Path(tmp) / "model")
+            ours, hf = _load_both(Path(tmp) / "model", dtype)
+    else:
+        cfg = check_model_dir(spec)
+        ours, hf = _load_both(Path(spec.model_dir), dtype)
     params = SamplingParams(temperature=1.0, max_new_tokens=spec.new_tokens)
     rows = []
     for batch in spec.batch_sizes:
-        prompts = make_prompts(batch, spec.vocab, spec.seed + batch)
+        prompts = make_prompts(batch, cfg.vocab_size, spec.seed + batch)
         _time_hf(hf, prompts, spec.new_tokens)  # warm-up
         for compiled in spec.compile_modes:
             row = Row(batch, compiled)
@@ -133,14 +150,64 @@ def run(spec: BenchSpec, log=print) -> tuple[list[Row], dict]:
             _time_ours(engine, prompts, params)  # warm-up (and compile)
             row.compile_seconds = time.perf_counter() - started if compiled else 0.0
             for r in range(spec.repeats):
-                row.ours.append(_time_ours(engine, prompts, params))
-                row.hf.append(_time_hf(hf, prompts, spec.new_tokens))
+                if r % 2:  # odd repeats time transformers first: drift hits both sides alike
+                    row.hf.append(_time_hf(hf, prompts, spec.new_tokens))
+                    row.ours.append(_time_ours(engine, prompts, params))
+                else:
+                    row.ours.append(_time_ours(engine, prompts, params))
+                    row.hf.append(_time_hf(hf, prompts, spec.new_tokens))
                 log(f"  batch {batch:>3} compile={'on ' if compiled else 'off'} repeat {r + 1}/{spec.repeats}: "
                     f"ours {row.ours[-1]:8.0f} tok/s   transformers {row.hf[-1]:8.0f} tok/s")
             rows.append(row)
     info = {"params": cfg.num_params(), "torch": torch.__version__, "threads": spec.threads,
-            "cpu": platform.processor() or platform.machine(), "transformers": _transformers_version()}
+            "cpu": platform.processor() or platform.machine(), "transformers": _transformers_version(),
+            "config": cfg, "attention": getattr(hf.config, "_attn_implementation", None) or "default"}
     return rows, info
+
+
+def check_model_dir(spec: BenchSpec) -> ModelConfig | None:
+    """The `--model` directory's config, checked before anything is loaded: a missing directory, one that is
+    not a model directory, or one too short for the prompts + new tokens is a one-line `UserError`."""
+    if spec.model_dir is None:
+        return None
+    from fastrlhf.model.hf_io import read_config, weight_files
+
+    directory = Path(spec.model_dir)
+    cfg = read_config(directory)  # UserError: missing, not a directory, no / bad config.json
+    weight_files(directory)  # UserError: no safetensors
+    longest = PROMPT_LENGTHS[1] - 1 + spec.new_tokens
+    if longest > cfg.max_position_embeddings:
+        fits = cfg.max_position_embeddings - PROMPT_LENGTHS[1] + 1
+        raise UserError(f"{directory}: prompts of up to {PROMPT_LENGTHS[1] - 1} tokens + --new-tokens {spec.new_tokens} "
+                        f"exceed the model's max_position_embeddings {cfg.max_position_embeddings}"
+                        + (f"; pass --new-tokens {fits} or fewer" if fits >= 1 else ""))
+    return cfg
+
+
+def _load_both(directory: Path, dtype: torch.dtype):
+    """(ours, transformers') models of one directory, in `dtype`; a directory transformers cannot load is one line."""
+    from transformers import AutoModelForCausalLM
+
+    ours = load_model(directory).to(dtype)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval()
+    except Exception as exc:  # transformers raises many types for a directory it cannot load
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise UserError(f"{directory}: transformers cannot load this model ({type(exc).__name__}: {detail})") from None
+    return ours, hf
+
+
+def model_label(spec: BenchSpec) -> str:
+    return "the random 4 M model" if spec.model_dir is None else f"`{Path(spec.model_dir).resolve().name}`"
+
+
+def section_heading(spec: BenchSpec, info: dict) -> str:
+    """The markdown section a run replaces: the default table's, or one per model directory and dtype."""
+    if spec.model_dir is None and spec.dtype == "fp32":
+        from fastrlhf.bench.cli import SECTION
+
+        return SECTION
+    return f"## Rollout on {model_label(spec)} ({spec.dtype}): our engine vs transformers generate"
 
 
 def _transformers_version() -> str:
@@ -150,11 +217,19 @@ def _transformers_version() -> str:
 
 
 def markdown_table(rows: list[Row], spec: BenchSpec, info: dict, command: str) -> str:
+    if spec.model_dir is None:
+        model = (f"Model: Llama-family, hidden {spec.hidden}, {spec.layers} layers, {spec.heads} heads / {spec.kv_heads} KV "
+                 f"heads, vocab {spec.vocab} — {info['params'] / 1e6:.2f} M parameters, {spec.dtype}.")
+    else:
+        from fastrlhf.bench.shapes import describe
+
+        model = (f"Model: {model_label(spec)} ({describe(info['config'])}), {spec.dtype} on both sides "
+                 f"(ours: `load_model(dir).to(dtype)`; transformers: `from_pretrained(dir, dtype=...)`).")
     lines = [
-        f"Model: Llama-family, hidden {spec.hidden}, {spec.layers} layers, {spec.heads} heads / {spec.kv_heads} KV heads, "
-        f"vocab {spec.vocab} — {info['params'] / 1e6:.2f} M parameters, fp32. {spec.new_tokens} new tokens per sequence, "
-        f"temperature 1, prompts of 16–47 tokens. torch {info['torch']}, transformers {info['transformers']}, "
-        f"{info['threads']} threads, {info['cpu']}. Medians of {spec.repeats} repeats (sides alternated).",
+        f"{model} {spec.new_tokens} new tokens per sequence, no stop token, "
+        f"temperature 1, no top-k / top-p, prompts of 16–47 random tokens. transformers: KV cache on, "
+        f"{info.get('attention', 'default')} attention, no torch.compile. torch {info['torch']}, transformers "
+        f"{info['transformers']}, {info['threads']} threads, {info['cpu']}. Medians of {spec.repeats} repeats (sides alternated).",
         "",
         f"Command: `{command}`",
         "",

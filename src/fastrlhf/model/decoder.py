@@ -2,8 +2,10 @@
 
     h₀ = E[x];  hₗ' = hₗ + Attn(RMSNorm(hₗ));  hₗ₊₁ = hₗ' + MLP(RMSNorm(hₗ'));  logits = W_out·RMSNorm(h_L)
     Attn: q,k,v projections (qwen2: bias; qwen3: RMSNorm over head_dim on q,k), RoPE (rotate-half
-    convention, default / linear / llama3 frequencies), grouped-query SDPA with an *explicit* boolean
-    mask (so padding, sliding windows and later tree-verification masks are all just masks).
+    convention, default / linear / llama3 frequencies), grouped-query attention under one of three
+    masks: an explicit boolean mask (padding, sliding windows, tree verification), `None` = causal over
+    the fresh keys of right-padded rows (SDPA's `is_causal`, so flash kernels apply on CUDA), or
+    `Segments` = packed sequences with block-diagonal causal attention (varlen; flash varlen on CUDA).
     MLP: down(SiLU(gate(x)) ⊙ up(x)).
 
 Module names equal the HF checkpoint names (`model.layers.0.self_attn.o_proj.weight`, ...) except
@@ -19,6 +21,7 @@ Left out: dropout, MoE, attention sinks, RoPE types other than default / linear 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -94,8 +97,10 @@ class Rotary(nn.Module):
         if length > self.cos.shape[0]:
             self._grow(length)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if not torch.compiler.is_compiling():  # compiled callers `ensure` the length beforehand
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """`check=False`: the caller has `ensure`d the length (the rollout engine, at allocation, and
+        compiled callers) — skipping the positions.max() read keeps a decode step free of host syncs."""
+        if check and not torch.compiler.is_compiling():
             self.ensure(int(positions.max()) + 1 if positions.numel() else 1)
         return self.cos[positions].to(dtype), self.sin[positions].to(dtype)  # [B, T, h]
 
@@ -128,6 +133,59 @@ def short_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mas
     return torch.matmul(probs, v).view(B, H, T, h)
 
 
+@dataclass(frozen=True)
+class Segments:
+    """n sequences packed into one row of L tokens, sequence i at [cu_seqlens[i], cu_seqlens[i+1]).
+
+    Attention is causal inside each sequence and never crosses one (block-diagonal). `pad_index`
+    [n, max_len] gathers the packed tokens into right-padded rows (clamped at the sequence's last token),
+    `token_index` [L] maps them back: the fallback kernel runs SDPA on the padded rows, so only
+    attention sees padding, never the matmuls of the projections, MLP or LM head."""
+    cu_seqlens: torch.Tensor  # [n + 1] int32
+    max_len: int
+    positions: torch.Tensor  # [L] position of each token inside its sequence
+    pad_index: torch.Tensor  # [n, max_len] int64
+    token_index: torch.Tensor  # [L] int64 into the flattened [n · max_len] padded rows
+
+    @classmethod
+    def from_lengths(cls, lengths: list[int], device) -> "Segments":
+        n, max_len = len(lengths), max(lengths)
+        lens = torch.tensor(lengths, dtype=torch.long, device=device)
+        starts = torch.cumsum(lens, 0) - lens
+        cu = torch.cat([starts, starts[-1:] + lens[-1:]]).to(torch.int32)
+        seq_of_token = torch.repeat_interleave(torch.arange(n, device=device), lens)
+        positions = torch.arange(int(lens.sum()), device=device) - starts[seq_of_token]
+        columns = torch.arange(max_len, device=device)
+        pad_index = starts[:, None] + torch.minimum(columns[None], lens[:, None] - 1)
+        return cls(cu, max_len, positions, pad_index, seq_of_token * max_len + positions)
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments, window: int | None) -> torch.Tensor:
+    """Block-diagonal causal attention of packed sequences: q [1, H, L, h], k/v [1, K, L, h] → [1, H, L, h].
+
+    CUDA with bf16 / fp16 and no sliding window: flash varlen (`torch.nn.attention.varlen`, unverified
+    here: no GPU). Elsewhere: gather into right-padded rows [n, ·, max_len, h], causal SDPA (padded
+    keys lie after every real query, so causality alone masks them), gather the real tokens back."""
+    H, K = q.shape[1], k.shape[1]
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and window is None:
+        from torch.nn.attention.varlen import varlen_attn
+
+        cu = seg.cu_seqlens
+        out = varlen_attn(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu,
+                          seg.max_len, seg.max_len, window_size=(-1, 0), enable_gqa=H != K)  # [L, H, h]
+        return out.transpose(0, 1)[None]
+    def padded(x):  # [1, nH, L, h] → [n, nH, max_len, h]
+        return x[0][:, seg.pad_index].transpose(0, 1)
+    mask = None
+    if window is not None:
+        pos = torch.arange(seg.max_len, device=q.device)
+        mask = (pos[None, :] <= pos[:, None]) & (pos[:, None] - pos[None, :] < window)
+    out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask, is_causal=mask is None,
+                                         enable_gqa=H != K)  # [n, H, max_len, h]
+    h = q.shape[-1]
+    return out.transpose(1, 2).reshape(-1, H, h)[seg.token_index].transpose(0, 1)[None]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -150,10 +208,16 @@ class Attention(nn.Module):
         k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, K, T, h]
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # [B, K, S, h]
-        if T <= SHORT_QUERY:
+        if isinstance(mask, Segments):
+            out = varlen_attention(q, k, v, mask, self.cfg.sliding_window[self.layer])
+        elif T <= SHORT_QUERY:
+            if mask is None:  # causal over the fresh keys
+                S = k.shape[2]
+                mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
             out = short_query_attention(q, k, v, mask)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)  # [B, H, T, h]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                 enable_gqa=H != K)  # [B, H, T, h]
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * h))
 
 
@@ -219,14 +283,24 @@ class CausalLM(nn.Module):
     def output_weight(self) -> torch.Tensor:
         return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
-    def hidden_states(self, input_ids, positions, masks, cache: KVCacheLike | None = None) -> torch.Tensor:
-        """input_ids, positions [B, T]; masks: one mask per distinct window (dict window → [B,1,T,S]).
-        Returns final-normed hidden states [B, T, d]."""
+    def hidden_states(self, input_ids, positions, masks: dict | None = None, cache: KVCacheLike | None = None) -> torch.Tensor:
+        """input_ids, positions [B, T]; masks: one mask per distinct window (dict window → [B,1,T,S]),
+        or None for causal attention of right-padded rows that start at position 0 (a layer with a
+        sliding window then gets its explicit window mask). Returns final-normed hidden states [B, T, d]."""
+        if masks is None:
+            ones = torch.ones_like(positions, dtype=torch.bool)
+            masks = {w: None if w is None else attention_mask(positions, positions, ones, w)
+                     for w in set(self.config.sliding_window)}
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self.model.rotary(positions, x.dtype)
+        cos, sin = self.model.rotary(positions, x.dtype, check=cache is None)  # a cache's owner ensured the tables
         for layer, window in zip(self.model.layers, self.config.sliding_window):
             x = layer(x, cos, sin, masks[window], cache)
         return self.model.norm(x)
+
+    def packed_hidden_states(self, input_ids: torch.Tensor, segments: Segments) -> torch.Tensor:
+        """Packed sequences, no padding: input_ids [L] (segments' sequences back to back) → hidden [L, d]."""
+        masks = {w: segments for w in set(self.config.sliding_window)}
+        return self.hidden_states(input_ids[None], segments.positions[None], masks)[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.output_weight)
@@ -247,8 +321,8 @@ class CausalLM(nn.Module):
         return self.logits(hidden)
 
     def forward_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Right-padded rows: causal attention suffices (a real token's keys are all real), so the
+        attention mask only tells where rows end; padded positions' outputs are garbage the caller drops."""
         B, T = input_ids.shape
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        masks = self.masks_for(positions, positions, valid)
-        return self.hidden_states(input_ids, positions, masks)
+        return self.hidden_states(input_ids, positions, None)

@@ -10,8 +10,15 @@ sequence's length are never read: every read is masked by position.
   to slot `slots[i]` (several slots may share a row: the n samples of one prompt are prefilled once
   and their KV copied — the shared-prefix saving of RLHFless). Attention reads the fresh k, v.
 - `DecodeView`: one new token per active slot at position `positions[b]`; attention reads the slot's
-  keys 0..S−1 (S = longest active length + 1). When the active slots are exactly 0..B−1 the read is a
-  view of the storage, otherwise a gather.
+  keys 0..S−1 (S ≥ longest active length + 1, a bound the engine keeps on the host; keys past a
+  query's position are masked). When the active slots are exactly 0..B−1 the read is a view of the
+  storage, otherwise a gather. Both views are device ops only (no host sync), so the engine's
+  static decode step can run inside a CUDA graph.
+
+The engine sizes a cache per generate call (slots ≤ sequences of the call, positions = longest
+prompt + max_new_tokens) and drops it when the call returns; K/V take the model's parameter dtype
+(bf16 for a bf16 rollout copy). Storage is zeroed, not left uninitialised: masked keys get
+probability 0, and 0 · v must stay 0 (garbage could be NaN).
 
 Left out: paged blocks (fixed slots are simpler and fast at RLHF batch sizes), prefix trees across
 different prompts, quantised KV.

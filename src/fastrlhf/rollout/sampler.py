@@ -13,7 +13,8 @@ reports the T = 1, unfiltered log-prob of that token.
 
 Randomness is counter-based: the uniform for sequence s at step t is a hash of (seed_s, t, stream),
 so a sequence's samples do not depend on which other sequences share its batch, on padding, or on
-slot order. A token is drawn by inverse CDF: the first token whose cumulative probability exceeds u.
+slot order. A token is drawn by inverse CDF (fp32): the first token whose cumulative probability
+exceeds u · total.
 
 Left out: repetition / frequency penalties, min-p, logit bias.
 """
@@ -98,21 +99,32 @@ def _signed(u: int) -> int:
 
 
 def uniforms(seeds: torch.Tensor, counters: torch.Tensor, stream: int = 0) -> torch.Tensor:
-    """Uniform(0, 1) float64 per row from (seed, counter, stream): [B] int64 × [B] int64 → [B]."""
+    """Uniform(0, 1) float64 per row from (seed, counter, stream): [B] int64 × [B] int64 → [B].
+    Device ops only (no host sync); `sample` uses them in fp32."""
     x = _splitmix64(seeds.long() * 0x5851F42D + _signed(stream * 0x632BE59BD9B4E019))
     x = _splitmix64(x ^ counters.long())
     return ((x >> 11) & ((1 << 53) - 1)).double().add_(0.5).mul_(2.0 ** -53)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row. logits [B, V], u [B] uniforms → (tokens [B] int64, log π(tokens) [B] fp32)."""
-    logp = sampling_logprobs(logits, params)  # [B, V]
+    """Draw one token per row. logits [B, V], u [B] uniforms → (tokens [B] int64, log π(tokens) [B] fp32).
+
+    fp32 end to end (the math runs in fp32 whatever the logits' dtype): the inverse CDF is a float32
+    cumsum of π. A zero-probability token never wins the search in the middle of the CDF (its
+    cumulative value equals its predecessor's, which wins first), so the only rounding case is the
+    end: u·total ≥ cdf[-1] (u rounds to 1 in fp32, or the cumsum's last step rounds down), which
+    would point past the last token. That draw goes to the last token with positive probability
+    (the first index where the cdf reaches its total). No host sync."""
+    logp = sampling_logprobs(logits, params)  # [B, V] fp32
     if params.greedy:
         tokens = logp.argmax(dim=-1)
     else:
-        cdf = torch.cumsum(logp.double().exp(), dim=-1)  # [B, V]
-        target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
-        tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+        cdf = torch.cumsum(logp.exp(), dim=-1)  # [B, V] fp32
+        total = cdf[:, -1:].contiguous()  # [B, 1]
+        target = u.to(device=cdf.device, dtype=cdf.dtype)[:, None] * total
+        tokens = torch.searchsorted(cdf, target, right=True)
+        last_kept = torch.searchsorted(cdf, total, right=False)  # first index holding the full mass
+        tokens = torch.minimum(tokens, last_kept).squeeze(-1)
         # guard: never return a filtered (p = 0) token because of rounding at a boundary
         tokens = torch.where(torch.isneginf(logp.gather(-1, tokens[:, None]).squeeze(-1)), logp.argmax(-1), tokens)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)

@@ -21,30 +21,34 @@ from fastrlhf.algorithms.losses.aggregation import aggregate_count, share_of
 from fastrlhf.algorithms.objectives import ppo_targets
 from fastrlhf.dataflow.batch import Batch
 from fastrlhf.model.decoder import CausalLM
+from fastrlhf.model.precision import Precision
 from fastrlhf.updates import optimizer_step
 
 
 def token_values(model: CausalLM, sequences: torch.Tensor, attention_mask: torch.Tensor,
                  response_mask: torch.Tensor) -> torch.Tensor:
     """[N, T] values aligned with tokens: out[:, t] = head(h_{t-1}) on response positions, else 0."""
-    values = model.values(model.forward_hidden(sequences, attention_mask))  # [N, T] value after token t
+    values = model.values(model.forward_hidden(sequences, attention_mask)).float()  # [N, T] value after token t
     shifted = torch.cat([torch.zeros_like(values[:, :1]), values[:, :-1]], dim=1)  # [N, T]
     return shifted * response_mask.to(shifted.dtype)
 
 
 class CriticWorker:
     def __init__(self, model: CausalLM, optimizer, scheduler, algorithm, micro_batch_size: int,
-                 mini_batches: int = 1, grad_clip: float = 0.0):
+                 mini_batches: int = 1, grad_clip: float = 0.0, precision: Precision | None = None):
+        """`precision`: forwards under autocast over the fp32 master weights (model/precision.py)."""
         self.model, self.optimizer, self.scheduler, self.algorithm = model, optimizer, scheduler, algorithm
         self.micro_batch_size, self.mini_batches, self.grad_clip = micro_batch_size, mini_batches, grad_clip
+        self.precision = precision or Precision(torch.float32, next(model.parameters()).device)
         self.step_seed = 0
 
     @torch.no_grad()
     def inference(self, batch: Batch) -> Batch:
         device = next(self.model.parameters()).device
         self.model.eval()
-        parts = [token_values(self.model, m["sequences"], m["attention_mask"], m["response_mask"])
-                 for m in batch.to(device).split(max(1, -(-len(batch) // self.micro_batch_size)))]
+        with self.precision.autocast():
+            parts = [token_values(self.model, m["sequences"], m["attention_mask"], m["response_mask"])
+                     for m in batch.to(device).split(max(1, -(-len(batch) // self.micro_batch_size)))]
         return Batch({"values": torch.cat(parts)})
 
     def train(self, batch: Batch) -> dict[str, float]:
@@ -71,14 +75,16 @@ class CriticWorker:
         loss_sum = torch.zeros(())
         for rows in torch.arange(len(mini)).split(self.micro_batch_size):
             micro = mini.select(rows)
-            values = token_values(self.model, micro["sequences"], micro["attention_mask"], micro["response_mask"])
+            with self.precision.autocast():
+                values = token_values(self.model, micro["sequences"], micro["attention_mask"], micro["response_mask"])
             loss, stats = clipped_value_loss(values, micro["values"], micro["returns"], micro["response_mask"],
                                              clip_range=self.algorithm.value_clip,
                                              aggregation=share_of(denominator, aggregation))
-            loss.backward()
+            self.precision.backward(loss)
             loss_sum = loss_sum + loss.detach().cpu()
             weight = float(micro["response_mask"].sum()) / max(float(mask.sum()), 1.0)
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + (v if k == "value_loss" else v * weight)
-        stats_sum["grad_norm"] = optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_clip, loss_sum)
+        stats_sum["grad_norm"] = optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_clip, loss_sum,
+                                                scaler=self.precision.scaler)
         return stats_sum

@@ -19,7 +19,11 @@ Sturdiness:
 Determinism: sampling and the trainer's shuffling are seeded by (seed, step) — not by a global RNG
 stream — so a resumed run draws exactly what the uninterrupted run would have drawn.
 
-Left out: distributed runs, async / off-policy rollouts, mixed precision (fp32 everywhere).
+Precision (`model.dtype`, model/precision.py): the actor and critic train under autocast over fp32
+master weights; the engine decodes from a low-precision copy refreshed before each generate; the
+reference and reward model are stored in the compute dtype.
+
+Left out: distributed runs, async / off-policy rollouts.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from fastrlhf.train.resume import check_resume_changes
 from fastrlhf.train.transaction import StepTransaction
 from fastrlhf.train.watchdog import Watchdog
 from fastrlhf.model.device import resolve_device
+from fastrlhf.model.precision import RolloutCopy, resolve_precision
 from fastrlhf.train.build import build_critic, make_speculation, model_directory
 from fastrlhf.train.reward_workers import reward_worker
 from fastrlhf.train.workers import ActorWorker, ReferenceWorker
@@ -113,21 +118,26 @@ class Run:
                                      stop_token_ids=tuple(self.tokenizer.stop_token_ids()), n=r.samples_per_prompt)
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, self.schedule_steps, t.lr_decay)
-        self.speculation = make_speculation(config, self.model, self.params)
-        self.engine = RolloutEngine(self.model, num_slots=r.num_slots, compile=r.compile, speculator=self.speculation.speculator)
+        self.precision = resolve_precision(config.model.dtype, device, sum(p.numel() for p in self.model.parameters()))
+        self.rollout = RolloutCopy(self.model, self.precision.dtype)  # the engine's weights (the master itself in fp32)
+        self.speculation = make_speculation(config, self.rollout.model, self.params)
+        self.engine = RolloutEngine(self.rollout.model, num_slots=r.num_slots, compile=r.compile,
+                                    speculator=self.speculation.speculator)
         self.actor = ActorWorker(self.model, self.tokenizer, self.engine, self.params, self.optimizer, self.scheduler, a,
-                                 t.micro_batch_size, t.mini_batches, t.grad_clip)
+                                 t.micro_batch_size, t.mini_batches, t.grad_clip, t.micro_batch_tokens, self.precision,
+                                 self.rollout)
         workers = {"actor": self.actor}
         if "reward" in graph.roles:
             workers["reward"] = reward_worker(self.source.reward, self.source.field_names, config.task, device,
-                                              t.micro_batch_size)
+                                              t.micro_batch_size, self.precision)
         self.reference = None
         if "ref" in graph.roles:
-            self.reference = ReferenceWorker.for_actor(load_model(model_dir, device=device), self.actor, t.micro_batch_size)
+            self.reference = ReferenceWorker.for_actor(self.precision.frozen(load_model(model_dir, device=device)), self.actor)
             workers["ref"] = self.reference
         self.critic = None
         if "critic" in graph.roles:
-            self.critic = build_critic(config, self.model, self.tokenizer, self.source.reward, device, self.schedule_steps)
+            self.critic = build_critic(config, self.model, self.tokenizer, self.source.reward, device, self.schedule_steps,
+                                       self.precision.dtype)
             workers["critic"] = self.critic
         self.reward_worker = workers.get("reward")
         self.executor = LocalExecutor(graph, workers)

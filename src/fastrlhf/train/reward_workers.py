@@ -35,14 +35,21 @@ class RewardWorker:
 class RewardModelWorker:
     """Scores `prompts` + `completions` with a learned reward model (the value at the last token)."""
 
-    def __init__(self, model, tokenizer, micro_batch_size: int = 64):
+    def __init__(self, model, tokenizer, micro_batch_size: int = 64, precision=None):
+        """`precision` (model/precision.py): the model is stored in its compute dtype and scores under autocast."""
+        self.precision = precision
+        if precision is not None:
+            model = precision.frozen(model)
         self.model, self.tokenizer, self.micro_batch_size = model.eval(), tokenizer, micro_batch_size
 
     def inference(self, batch: Batch) -> Batch:
+        import contextlib
+
         from fastrlhf.train.reward_model import reward_model_scores
 
-        scores = reward_model_scores(self.model, self.tokenizer, list(batch["prompts"]), list(batch["completions"]),
-                                     micro_batch_size=self.micro_batch_size)
+        with self.precision.autocast() if self.precision is not None else contextlib.nullcontext():
+            scores = reward_model_scores(self.model, self.tokenizer, list(batch["prompts"]), list(batch["completions"]),
+                                         micro_batch_size=self.micro_batch_size)
         return Batch({"rewards": scores.float().cpu()})
 
 
@@ -62,7 +69,7 @@ def load_reward_model(path: str | Path, device="cpu"):
     return model, load_tokenizer(path)
 
 
-def reward_worker(spec, field_names: tuple[str, ...], task, device="cpu", micro_batch_size: int = 64):
+def reward_worker(spec, field_names: tuple[str, ...], task, device="cpu", micro_batch_size: int = 64, precision=None):
     """The worker for a reward `spec`: a callable, an http(s) URL, a reward-model directory or 'module:fn'."""
     if callable(spec):
         return RewardWorker(spec, field_names)
@@ -73,5 +80,5 @@ def reward_worker(spec, field_names: tuple[str, ...], task, device="cpu", micro_
                                        retries=task.reward_retries), field_names)
     if is_reward_model_dir(spec):
         model, tokenizer = load_reward_model(spec, device)
-        return RewardModelWorker(model, tokenizer, micro_batch_size)
+        return RewardModelWorker(model, tokenizer, micro_batch_size, precision)
     return RewardWorker(load_reward(spec), field_names)

@@ -8,9 +8,12 @@ with the field names documented in `algorithms/graphs.py`; the executor never lo
 - `ActorWorker.train`: the algorithm's `Objective` (algorithms/objectives.py) prepares targets and
   gives each micro-batch's loss; this worker owns the generic part — shuffled mini-batches (whole
   DPO pairs stay together), micro-batches whose losses add up to the mini-batch loss, clipping, one
-  optimizer step per mini-batch. Policy-gradient objectives also report `logprob_diff`: the largest
-  gap between the engine's and the trainer's log-probs of the same tokens before the first update
-  (≈1e-6 in fp32: same code).
+  optimizer step per mini-batch. Micro-batches are packed by token budget (`micro_batch_tokens`,
+  train/packing.py) or padded rows (`micro_batch_size`); forwards run under the run's precision
+  (model/precision.py: autocast over fp32 masters). Policy-gradient objectives report the
+  rollout-vs-trainer mismatch before the first update (train/mismatch.py; `logprob_diff` ≈1e-6 in
+  fp32: same code) and, when it is not exact, take π_old from the trainer (`recompute_logprobs`)
+  with truncated importance weights of the engine's samples (`tis_cap`).
 - `ReferenceWorker.inference`: frozen-model log-probs for the KL term / DPO.
 
 Critic and reward workers live in train/critic.py and train/reward_workers.py.
@@ -29,7 +32,11 @@ from fastrlhf.model.decoder import CausalLM
 from fastrlhf.model.tokenizer import Tokenizer
 from fastrlhf.rollout.engine import RolloutEngine
 from fastrlhf.rollout.sampler import SamplingParams
-from fastrlhf.train.logprobs import sequence_logprobs
+from fastrlhf.algorithms.losses.policy import tis_weights
+from fastrlhf.model.precision import Precision, RolloutCopy
+from fastrlhf.train.logprobs import micro_logprobs, score_batch
+from fastrlhf.train.mismatch import Mismatch
+from fastrlhf.train.packing import micro_batch_rows
 from fastrlhf.updates import optimizer_step
 from fastrlhf.train.padding import pack_sequences
 
@@ -41,11 +48,21 @@ MODEL_DISTRIBUTION = SamplingParams(temperature=1.0)  # the model's own softmax:
 class ActorWorker:
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, engine: RolloutEngine, params: SamplingParams,
                  optimizer: torch.optim.Optimizer, scheduler, algorithm, micro_batch_size: int,
-                 mini_batches: int = 1, grad_clip: float = 0.0):
+                 mini_batches: int = 1, grad_clip: float = 0.0, micro_batch_tokens: int = 0,
+                 precision: Precision | None = None, rollout: RolloutCopy | None = None):
+        """`rollout`: the engine's low-precision copy of `model` (refreshed before each generate);
+        None when the engine decodes from `model` itself (fp32)."""
         self.model, self.tokenizer, self.engine, self.params = model, tokenizer, engine, params
         self.optimizer, self.scheduler, self.algorithm = optimizer, scheduler, algorithm
         self.micro_batch_size, self.mini_batches, self.grad_clip = micro_batch_size, mini_batches, grad_clip
+        self.micro_batch_tokens = micro_batch_tokens
+        self.precision = precision or Precision(torch.float32, next(model.parameters()).device)
+        self.rollout = rollout
         self.objective = OBJECTIVES[algorithm.name](algorithm)
+        # π_old for the clipped ratio: recomputed by the trainer unless rollout and trainer are exact (fp32)
+        choice = getattr(algorithm, "recompute_logprobs", "auto")
+        self.recompute = self.objective.uses_sampling_distribution and (
+            choice == "always" or (choice == "auto" and not self.precision.exact))
         # the trainer scores tokens under the sampling distribution (policy gradients) or the plain model (DPO)
         self.train_params = params if self.objective.uses_sampling_distribution else MODEL_DISTRIBUTION
         self.step_seed = 0  # set by the loop each step so sampling is reproducible after resume
@@ -57,6 +74,8 @@ class ActorWorker:
         params = SamplingParams(**{**self.params.__dict__, "seed": self.step_seed})
         started = time.perf_counter()
         self.model.eval()
+        if self.rollout is not None:
+            self.rollout.refresh()  # the engine's copy gets this step's master weights
         spec = self.engine.speculator
         before = dict(spec.stats.__dict__) if spec is not None else {}
         steps_before = len(getattr(spec, "chosen", []))
@@ -110,60 +129,74 @@ class ActorWorker:
         unit = self.objective.rows_per_unit
         units = len(batch) // unit
         order = torch.randperm(units, generator=torch.Generator().manual_seed(self.step_seed))
-        logprob_diff = 0.0
         parts = min(self.mini_batches, units)
+        if self.recompute and parts > 1:  # later mini-batches need π_old from before the first update
+            batch = batch.update({"old_logprobs": score_batch(self.model, batch, self.train_params, self.micro_batch_size,
+                                                              self.micro_batch_tokens, self.precision)})
         for m, unit_rows in enumerate(order.chunk(parts)):
             rows = (unit_rows[:, None] * unit + torch.arange(unit)).reshape(-1)
-            stats, diff = self._update(batch.select(rows), check_logprobs=(m == 0))
-            logprob_diff = max(logprob_diff, diff)
+            stats, mismatch = self._update(batch.select(rows.to(device)), check_logprobs=(m == 0))
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v / parts
+            if m == 0:
+                totals.update(mismatch.stats())
         self.engine.policy_version += 1
         totals["lr"] = self.optimizer.param_groups[0]["lr"]
-        if self.objective.uses_sampling_distribution:
-            totals["logprob_diff"] = logprob_diff
         if "advantages" in batch:
             mask = batch["response_mask"]
             totals["advantage_abs"] = float((batch["advantages"].abs() * mask).sum() / mask.sum().clamp(min=1))
         return totals
 
-    def _update(self, mini: Batch, check_logprobs: bool) -> tuple[dict[str, float], float]:
+    def _update(self, mini: Batch, check_logprobs: bool) -> tuple[dict[str, float], Mismatch]:
         """One optimizer step on a mini-batch, accumulated over micro-batches.
 
         Micro-batch losses are shares of the mini-batch loss (normalised by the mini-batch's token,
         sequence or pair count), so their sum is exactly the mini-batch loss whatever the micro-batch
-        size. Micro-batches hold whole units (a DPO pair is two rows)."""
+        size or token budget. Micro-batches hold whole units (a DPO pair is two rows)."""
         normaliser = self.objective.normaliser(mini)
-        unit = self.objective.rows_per_unit
-        micro_rows = max(unit, self.micro_batch_size // unit * unit)
         self.optimizer.zero_grad(set_to_none=True)
         stats_sum: dict[str, float] = {}
-        diff = 0.0
+        mismatch = Mismatch()
         loss_sum = torch.zeros(())
-        for rows in torch.arange(len(mini)).split(micro_rows):
-            micro = mini.select(rows)
-            loss, stats, micro_diff = self._micro_loss(micro, normaliser, check_logprobs)
-            loss.backward()
+        device = mini["sequences"].device
+        for rows in micro_batch_rows(mini["attention_mask"], self.micro_batch_size, self.micro_batch_tokens,
+                                     self.objective.rows_per_unit):
+            micro = mini.select(rows.to(device))
+            loss, stats = self._micro_loss(micro, normaliser, mismatch if check_logprobs else None)
+            self.precision.backward(loss)
             loss_sum = loss_sum + loss.detach().cpu()
-            diff = max(diff, micro_diff)
             weight = self.objective.stat_weight(micro, mini)
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + (v if k in SUMMED_STATS or k == OUTSIDE_SUPPORT else v * weight)
-        stats_sum["grad_norm"] = optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_clip, loss_sum)
-        return stats_sum, diff
+        stats_sum["grad_norm"] = optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_clip, loss_sum,
+                                                scaler=self.precision.scaler)
+        return stats_sum, mismatch
 
-    def _micro_loss(self, micro: Batch, normaliser: float, check_logprobs: bool):
+    def _micro_loss(self, micro: Batch, normaliser: float, mismatch: Mismatch | None):
         mask = micro["response_mask"]
-        logprobs, logits = sequence_logprobs(self.model, micro["sequences"], micro["attention_mask"], mask,
-                                             self.train_params, return_logits=True)
-        diff = 0.0
-        if check_logprobs and self.objective.uses_sampling_distribution:
-            diff = float(((logprobs.detach() - micro["logprobs"]).abs() * mask).max())
+        logprobs, entropy = micro_logprobs(self.model, micro, self.train_params, self.micro_batch_tokens > 0,
+                                           self.precision)
+        if mismatch is not None and self.objective.uses_sampling_distribution:
+            mismatch.add(logprobs.detach(), micro["logprobs"], mask)
         logprobs, micro, outside = _outside_support_removed(logprobs, micro)
+        if self.recompute:
+            micro = self._recomputed_old(micro, logprobs)
         loss, stats = self.objective.loss(logprobs, micro, normaliser)
-        stats["entropy"] = _response_entropy(logits.detach(), mask[:, 1:], self.train_params)
+        stats["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
         stats[OUTSIDE_SUPPORT] = outside
-        return loss, stats, diff
+        return loss, stats
+
+    def _recomputed_old(self, micro: Batch, logprobs: torch.Tensor) -> Batch:
+        """π_old := the trainer's log-probs before this step's first update (the pre-pass's, or with
+        one mini-batch this very forward's, detached), and — with `tis_cap` — the truncated
+        importance weights min(π_old / π_rollout, cap) of the engine's samples."""
+        mask = micro["response_mask"]
+        old = micro["old_logprobs"] if "old_logprobs" in micro else logprobs.detach()
+        old = torch.where(mask.bool(), old, torch.zeros_like(old))  # tokens dropped above: 0, like logprobs
+        fields = {"logprobs": old}
+        if self.algorithm.tis_cap > 0:
+            fields["tis_weights"] = tis_weights(old, micro["logprobs"], mask, self.algorithm.tis_cap)
+        return micro.update(fields)
 
 
 def _outside_support_removed(logprobs: torch.Tensor, micro: Batch) -> tuple[torch.Tensor, Batch, float]:
@@ -185,35 +218,25 @@ def _outside_support_removed(logprobs: torch.Tensor, micro: Batch) -> tuple[torc
     return logprobs, micro.update({"response_mask": mask * keep.to(mask.dtype)}), float(outside.sum())
 
 
-def _response_entropy(logits: torch.Tensor, mask: torch.Tensor, params: SamplingParams) -> float:
-    """Mean entropy of the sampling distribution over response positions (logits predict tokens 1..T-1)."""
-    from fastrlhf.rollout.sampler import sampling_logprobs
-
-    logp = sampling_logprobs(logits, params)
-    ent = -(logp.exp() * torch.where(torch.isinf(logp), torch.zeros_like(logp), logp)).sum(-1)  # [N, T-1]
-    m = mask.to(ent.dtype)
-    return float((ent * m).sum() / m.sum().clamp(min=1))
-
-
 class ReferenceWorker:
     """Frozen reference log-probs at the sampling temperature, *without* top-k / top-p: the reference
     may rank a token the actor sampled outside its own nucleus (log-prob −inf, KL +inf). With
     filtering on, the k3 KL therefore also carries log(nucleus mass) — small, and zero when off."""
 
-    def __init__(self, model: CausalLM, params: SamplingParams, micro_batch_size: int):
-        self.model, self.micro_batch_size = model.eval(), micro_batch_size
+    def __init__(self, model: CausalLM, params: SamplingParams, micro_batch_size: int, micro_batch_tokens: int = 0,
+                 precision: Precision | None = None):
+        self.model, self.micro_batch_size, self.micro_batch_tokens = model.eval(), micro_batch_size, micro_batch_tokens
+        self.precision = precision or Precision(torch.float32, next(model.parameters()).device)
         self.params = SamplingParams(temperature=params.temperature or 1.0, max_new_tokens=params.max_new_tokens)
 
     @classmethod
-    def for_actor(cls, model: CausalLM, actor: "ActorWorker", micro_batch_size: int) -> "ReferenceWorker":
-        """A reference scoring under the same distribution as the actor's trainer (DPO: the plain model)."""
+    def for_actor(cls, model: CausalLM, actor: "ActorWorker", micro_batch_size: int | None = None) -> "ReferenceWorker":
+        """A reference scoring under the same distribution, micro-batching and precision as the actor's
+        trainer (DPO: the plain model)."""
         return cls(model, actor.params if actor.objective.uses_sampling_distribution else MODEL_DISTRIBUTION,
-                   micro_batch_size)
+                   micro_batch_size or actor.micro_batch_size, actor.micro_batch_tokens, actor.precision)
 
-    @torch.no_grad()
     def inference(self, batch: Batch) -> Batch:
         device = next(self.model.parameters()).device
-        parts = []
-        for micro in batch.to(device).split(max(1, -(-len(batch) // self.micro_batch_size))):
-            parts.append(sequence_logprobs(self.model, micro["sequences"], micro["attention_mask"], micro["response_mask"], self.params))
-        return Batch({"ref_logprobs": torch.cat(parts)})
+        return Batch({"ref_logprobs": score_batch(self.model, batch.to(device), self.params, self.micro_batch_size,
+                                                  self.micro_batch_tokens, self.precision)})

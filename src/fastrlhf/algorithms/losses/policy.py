@@ -7,7 +7,12 @@ Per response token t of sample i (DAPO eq. 8 with GRPO's KL term, DeepSeekMath e
     policy_loss_it   = -min(ratio_it * A_it, clipped_ratio_it * A_it)
     kl_it            = exp(ref_it - logp_it) - (ref_it - logp_it) - 1        (k3 estimator of
                        KL(pi_theta || pi_ref), Schulman 2020; >= 0, unbiased)
-    loss             = aggregate(policy_loss_it + kl_coef * kl_it, response_mask)
+    loss             = aggregate(w_it * policy_loss_it + kl_coef * kl_it, response_mask)
+
+w_it are optional per-token importance weights, 1 by default. With `tis_weights` (below) they
+are the truncated importance-sampling correction between the rollout engine's and the trainer's
+kernels (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"):
+when pi_old is recomputed by the trainer, w_it = min(pi_old(o_it) / pi_rollout(o_it), C), detached.
 
 `clip_low == clip_high` is PPO's symmetric clip; `clip_high > clip_low` is DAPO's clip-higher
 (e.g. 0.2 / 0.28). `aggregation` is a name from `AGGREGATIONS` (token_mean: DAPO, sequence_mean:
@@ -23,8 +28,8 @@ Statistics (floats, token means over the response mask regardless of the loss ag
     the sampler used, i.e. already divided by the temperature).
 
 Left out: dual-clip PPO (a lower bound on negative-advantage losses), entropy bonus in the loss
-(entropy is only logged), truncated importance sampling between rollout and trainer log-probs
-(unneeded: both come from the same model code, DESIGN decision 1), sequence-level ratios (GSPO).
+(entropy is only logged), sequence-level ratios (GSPO), masking (rather than truncating) tokens
+with large rollout / trainer mismatch.
 """
 
 from __future__ import annotations
@@ -43,6 +48,16 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 def mean_k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor) -> float:
     """Mean of `k3_kl` over response tokens: the run's logged `kl` (samples of the behaviour policy)."""
     return _masked_mean(k3_kl(logprobs, ref_logprobs), response_mask)
+
+
+def tis_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, response_mask: torch.Tensor,
+                cap: float) -> torch.Tensor:
+    """[N, T] truncated importance weights min(exp(old − rollout), cap) on response tokens, 1 elsewhere;
+    no gradient. A token whose log-prob is −inf on either side (outside a top-k / top-p set) gets 1."""
+    with torch.no_grad():
+        mask = response_mask.bool() & torch.isfinite(old_logprobs) & torch.isfinite(rollout_logprobs)
+        log_w = torch.where(mask, old_logprobs - rollout_logprobs, torch.zeros_like(old_logprobs))
+        return torch.exp(log_w).clamp(max=cap)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -83,6 +98,7 @@ def clipped_policy_loss(
     ref_logprobs: torch.Tensor | None = None,  # [N, T] log pi_ref
     kl_coef: float = 0.0,
     logits: torch.Tensor | None = None,        # [N, T, V] for the entropy statistic
+    token_weights: torch.Tensor | None = None,  # [N, T] w_it (e.g. `tis_weights`), detached
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate (+ optional k3 KL to the reference); returns (scalar loss, stats)."""
     advantages = _check_shapes(logprobs, old_logprobs, advantages, response_mask)
@@ -91,8 +107,11 @@ def clipped_policy_loss(
     ratio = torch.exp(log_ratio)                                              # [N, T]
     clipped_ratio = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)           # [N, T]
     policy_losses = -torch.min(ratio * advantages, clipped_ratio * advantages)  # [N, T]
-    token_losses = policy_losses
     stats: dict[str, float] = {}
+    if token_weights is not None:
+        policy_losses = policy_losses * token_weights
+        stats["tis_weight"] = _masked_mean(token_weights, response_mask)
+    token_losses = policy_losses
     if ref_logprobs is not None:
         kl = k3_kl(logprobs, ref_logprobs)                                    # [N, T]
         token_losses = token_losses + kl_coef * kl

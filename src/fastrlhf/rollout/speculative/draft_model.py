@@ -98,6 +98,7 @@ class DraftModelDrafter:
         if self.cache is None or self.cache.num_slots != S or self.cache.max_len != L:
             param = next(self.model.parameters())
             self.cache = KVCache(self.model.config, S, L, param.dtype, param.device)
+            self.model.model.rotary.ensure(L)  # a cache's owner sizes the RoPE tables (decoder.Rotary)
             self.reset()
 
     def _valid_prefix(self, slot: int, seq_id: int, context: list[int]) -> int:
