@@ -171,6 +171,10 @@ class TrainSection:
     run_dir: str = option("runs/default", "directory for checkpoints, metrics and the config",
                           non_empty)
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto = CUDA when present, else CPU")
+    atomic_steps: bool = option(True, "snapshot every trained model before its first update in a step, so a "
+                                      "failed or non-finite step is undone exactly (costs ~3x the trained models' "
+                                      "parameter bytes); false: a step that fails after an update stops the run, "
+                                      "resumable from the last checkpoint")
     max_nonfinite_skips: int = option(3, "a step whose loss or gradient norm is NaN / inf is skipped (the models "
                                          "keep their pre-step state); this many skips in a row stop the run",
                                       at_least(1))

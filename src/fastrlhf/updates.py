@@ -20,8 +20,36 @@ class NonFiniteUpdate(Exception):
         self.what, self.value = what, value
 
 
+class DeferredUpdates:
+    """A step's *last* updates, held until the step commits (train/transaction.py).
+
+    `optimizer_step(..., defer=this)` checks and clips the gradients at once but leaves
+    `optimizer.step()` / `scheduler.step()` pending: `apply()` runs them when nothing in the step can
+    fail any more, `discard()` drops them (and the gradients). A step whose every model updates once
+    then needs no pre-step snapshot at all — no memory, no copy — and is still all-or-nothing."""
+
+    def __init__(self):
+        self._pending: list[tuple[torch.optim.Optimizer, object]] = []
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, optimizer: torch.optim.Optimizer, apply) -> None:
+        self._pending.append((optimizer, apply))
+
+    def apply(self) -> None:
+        pending, self._pending = self._pending, []
+        for _, apply in pending:
+            apply()
+
+    def discard(self) -> None:
+        pending, self._pending = self._pending, []
+        for optimizer, _ in pending:
+            optimizer.zero_grad(set_to_none=True)
+
+
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, grad_clip: float = 0.0,
-                   loss: float | torch.Tensor | None = None, scaler=None) -> float:
+                   loss: float | torch.Tensor | None = None, scaler=None, defer: DeferredUpdates | None = None) -> float:
     """The one update helper every trainer uses (actor, critic, SFT, reward model, draft distillation):
     clip the gradients' global norm to `grad_clip` (0 = no clipping), then `optimizer.step()` and
     `scheduler.step()`; returns the pre-clipping norm.
@@ -34,6 +62,8 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler
     fp16 (`scaler`, a `torch.amp.GradScaler` whose scaled loss the caller back-propagated): the
     gradients are unscaled before clipping; an infinite norm there is the scaler's overflow, not a
     broken run — the update is skipped, the scale lowered, and the norm returned as NaN (no error).
+
+    `defer`: the checks and clipping happen now, the step itself when `defer.apply()` runs.
     """
     if loss is not None:
         loss_value = float(loss)
@@ -44,19 +74,24 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler
     if scaler is not None:
         scaler.unscale_(optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], limit))
-    if scaler is not None:
-        scaler.step(optimizer)  # skips the step itself when the unscaled gradients overflowed
-        scaler.update()
-        if not math.isfinite(grad_norm):
-            optimizer.zero_grad(set_to_none=True)
-            return float("nan")
-        if scheduler is not None:
-            scheduler.step()
-        return grad_norm
-    if not math.isfinite(grad_norm):
+    if not math.isfinite(grad_norm) and scaler is None:
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteUpdate("gradient norm", grad_norm)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    return grad_norm
+
+    def apply() -> None:
+        if scaler is not None:
+            scaler.step(optimizer)  # skips the step itself when the unscaled gradients overflowed
+            scaler.update()
+            if not math.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                return
+        else:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+    if defer is not None:
+        defer.add(optimizer, apply)
+    else:
+        apply()
+    return grad_norm if math.isfinite(grad_norm) else float("nan")

@@ -102,3 +102,28 @@ def test_sequence_mean_skips_rows_without_tokens_and_shapes_are_checked():
         clipped_policy_loss(logprobs, logprobs, torch.zeros(3), torch.ones(2, 3))
     with pytest.raises(ValueError, match="must all be"):
         clipped_policy_loss(logprobs, torch.zeros(2, 4), torch.zeros(2), torch.ones(2, 3))
+
+
+def test_tis_weights_truncate_and_ignore_masked_or_filtered_tokens():
+    from fastrlhf.algorithms.losses.policy import tis_weights
+
+    old = torch.tensor([[-1.0, -2.0, float("-inf"), -0.5]])
+    rollout = torch.tensor([[-1.5, -1.0, -1.0, float("nan")]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    w = tis_weights(old, rollout, mask, cap=1.5)
+    assert torch.allclose(w, torch.tensor([[1.5, float(torch.tensor(-1.0).exp()), 1.0, 1.0]]))
+    assert not w.requires_grad
+
+
+def test_token_weights_scale_the_policy_term_only():
+    logp = torch.tensor([[-1.0, -1.2]], requires_grad=True)
+    old = torch.tensor([[-1.1, -1.0]])
+    adv = torch.tensor([1.0])
+    mask = torch.ones(1, 2)
+    ref = torch.tensor([[-0.9, -1.3]])
+    plain, _ = clipped_policy_loss(logp, old, adv, mask, ref_logprobs=ref, kl_coef=0.1)
+    weighted, stats = clipped_policy_loss(logp, old, adv, mask, ref_logprobs=ref, kl_coef=0.1,
+                                          token_weights=torch.tensor([[2.0, 2.0]]))
+    no_kl, _ = clipped_policy_loss(logp, old, adv, mask)
+    assert float(weighted) == pytest.approx(float(plain) + float(no_kl))  # policy part doubled, KL part once
+    assert stats["tis_weight"] == pytest.approx(2.0)

@@ -55,11 +55,11 @@ def test_a_step_that_fails_half_way_checkpoints_the_pre_step_state(tiny_policy, 
     if algo == "grpo":  # mini-batch 2 of step 3 fails, after mini-batch 1 updated the actor
         original, calls = workers.ActorWorker._update, []
 
-        def fails_in_mini_batch_2(self, mini, check_logprobs):
+        def fails_in_mini_batch_2(self, mini, check_logprobs, defer=None):
             calls.append(self.step)
             if self.step == 2 and calls.count(2) == 2:
                 raise RuntimeError("out of memory (injected)")
-            return original(self, mini, check_logprobs)
+            return original(self, mini, check_logprobs, defer)
         monkeypatch.setattr(workers.ActorWorker, "_update", fails_in_mini_batch_2)
     else:  # the critic fails after its update in step 3 (the actor updated too, or is about to)
         original = CriticWorker.train
@@ -243,3 +243,67 @@ def test_a_second_ctrl_c_names_the_resume_command(tiny_policy, digit_reward, tmp
     code = main(["train", *overrides(tiny_policy, tmp_path / "r", 4, f"task.reward={digit_reward}"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 130 and f"fastrlhf train --resume {tmp_path / 'r'}" in err and "steps 1-2 are saved" in err, err
+
+
+# ---------------------------------------------------------------- train.atomic_steps=false (no snapshots)
+def test_without_snapshots_a_torn_step_stops_the_run_and_saves_nothing_new(tiny_policy, digit_reward, tmp_path,
+                                                                            monkeypatch, capsys):
+    """atomic_steps=false trades the per-step snapshot (~3x parameter bytes) for this: a failure after
+    an update stops the run with one line, the last checkpoint untouched, the resume command named."""
+    original, calls = workers.ActorWorker._update, []
+
+    def fails_in_mini_batch_2(self, mini, check_logprobs, defer=None):
+        calls.append(self.step)
+        if self.step == 2 and calls.count(2) == 2:
+            raise RuntimeError("boom")
+        return original(self, mini, check_logprobs, defer)
+    monkeypatch.setattr(workers.ActorWorker, "_update", fails_in_mini_batch_2)
+    args = overrides(tiny_policy, tmp_path / "r", 4, f"task.reward={digit_reward}", "train.atomic_steps=false")
+    assert main(["train", *args, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "step 3 failed after an update" in err and "--resume" in err, err
+    saved = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    assert saved == ["step_000001", "step_000002"]  # step 3's torn state was not saved
+    monkeypatch.setattr(workers.ActorWorker, "_update", original)
+    run(tiny_policy, tmp_path / "clean", 2, f"task.reward={digit_reward}")
+    assert same(weights(tmp_path / "r" / "checkpoints" / "step_000002"), weights(tmp_path / "clean" / "final"))
+
+
+def test_without_snapshots_steps_are_the_same_and_a_failure_before_any_update_still_rolls_back(
+        tiny_policy, digit_reward, tmp_path, monkeypatch):
+    original = workers.ActorWorker._micro_loss
+
+    def nan_in_step_2(self, micro, normaliser, mismatch):  # first mini-batch: before any update of the step
+        loss, stats = original(self, micro, normaliser, mismatch)
+        return (loss * float("nan") if self.step == 1 else loss), stats
+    monkeypatch.setattr(workers.ActorWorker, "_micro_loss", nan_in_step_2)
+    result = run(tiny_policy, tmp_path / "r", 3, f"task.reward={digit_reward}", "train.atomic_steps=false")
+    assert [m["nonfinite_skips"] for m in result.history] == [0, 1, 1]
+    atomic = run(tiny_policy, tmp_path / "a", 3, f"task.reward={digit_reward}")
+    assert same(weights(tmp_path / "r" / "final"), weights(tmp_path / "a" / "final"))
+    assert [m["nonfinite_skips"] for m in atomic.history] == [0, 1, 1]
+
+
+def test_a_one_mini_batch_step_defers_its_update_and_needs_no_snapshot(tiny_policy, digit_reward, tmp_path, monkeypatch):
+    """With one mini-batch the actor's only update waits for the commit (updates.DeferredUpdates): a
+    failure after actor.train (here: in the draft refresh slot) leaves the pre-step weights without
+    any snapshot having been copied."""
+    from fastrlhf.train import transaction
+
+    extra = (f"task.reward={digit_reward}", "train.mini_batches=1")
+    run(tiny_policy, tmp_path / "clean", 2, *extra)
+    copies = []
+    original_clone = transaction._clone
+    monkeypatch.setattr(transaction, "_clone", lambda *a: copies.append(1) or original_clone(*a))
+    from fastrlhf.train.speculation import RolloutSpeculation
+    original_after = RolloutSpeculation.after_step
+
+    def fails_in_step_3(self, step, batch, seed):
+        if step == 2:
+            raise RuntimeError("injected after the actor's update")
+        return original_after(self, step, batch, seed)
+    monkeypatch.setattr(RolloutSpeculation, "after_step", fails_in_step_3)
+    with pytest.raises(RuntimeError, match="injected"):
+        run(tiny_policy, tmp_path / "torn", 4, *extra, "train.checkpoint_every=0")
+    assert copies == []  # no snapshot was ever taken
+    assert same(weights(tmp_path / "torn" / "checkpoints" / "step_000002"), weights(tmp_path / "clean" / "final"))

@@ -68,6 +68,7 @@ class Job:
     seed: int = 0
     threads: int = 2
     device: str = "cpu"
+    ours_overrides: tuple[str, ...] = ()  # extra `key=value` settings of our side (--ours-set)
 
     @property
     def batch(self) -> int:
@@ -114,6 +115,7 @@ def ours_command(job: Job, dtype: str, run_dir: Path, with_dtype_key: bool = Tru
     ]
     if with_dtype_key:
         overrides.insert(1, f"model.dtype={dtype}")
+    overrides += list(job.ours_overrides)
     return [sys.executable, "-m", "fastrlhf.cli", "train", *overrides]
 
 
@@ -377,6 +379,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-coef", type=float, default=0.02, help="ours: algorithm.kl_coef; TRL: beta")
     p.add_argument("--repeats", type=int, default=3, help="whole runs per side; medians are reported")
     p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    p.add_argument("--ours-set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides of our side, e.g. train.atomic_steps=false (shown in the table's command)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -440,7 +444,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                             f"the prompts + --max-new-tokens {args.max_new_tokens}")
         job = Job(model_dir=model_dir, label=label, steps=args.steps, prompts_per_step=args.prompts_per_step,
                   group_size=args.group_size, max_new_tokens=args.max_new_tokens, lr=args.lr, kl_coef=args.kl_coef,
-                  seed=args.seed, threads=args.threads, device=args.device)
+                  seed=args.seed, threads=args.threads, device=args.device, ours_overrides=tuple(args.ours_set))
         print(f"vs_trl: model {label} ({describe(cfg)}); sides {', '.join(sides)}; {args.repeats} repeat(s); "
               f"runs under {root}", file=sys.stderr)
         summaries, info = run_benchmark(job, sides, args.repeats, root / "runs", args.timeout, not args.no_eval,

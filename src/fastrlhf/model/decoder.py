@@ -165,7 +165,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Seg
 
     CUDA with bf16 / fp16 and no sliding window: flash varlen (`torch.nn.attention.varlen`, unverified
     here: no GPU). Elsewhere: gather into right-padded rows [n, ·, max_len, h], causal SDPA (padded
-    keys lie after every real query, so causality alone masks them), gather the real tokens back."""
+    keys lie after every real query, so causality alone masks them) — or, for rows of ≤ SHORT_QUERY
+    tokens, `short_query_attention`, as the padded path does (same kernel, same rounding) — and
+    gather the real tokens back."""
     H, K = q.shape[1], k.shape[1]
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and window is None:
         from torch.nn.attention.varlen import varlen_attn
@@ -177,11 +179,16 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Seg
     def padded(x):  # [1, nH, L, h] → [n, nH, max_len, h]
         return x[0][:, seg.pad_index].transpose(0, 1)
     mask = None
-    if window is not None:
-        pos = torch.arange(seg.max_len, device=q.device)
-        mask = (pos[None, :] <= pos[:, None]) & (pos[:, None] - pos[None, :] < window)
-    out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask, is_causal=mask is None,
-                                         enable_gqa=H != K)  # [n, H, max_len, h]
+    pos = torch.arange(seg.max_len, device=q.device)
+    if window is not None or seg.max_len <= SHORT_QUERY:
+        mask = pos[None, :] <= pos[:, None]
+        if window is not None:
+            mask = mask & (pos[:, None] - pos[None, :] < window)
+    if seg.max_len <= SHORT_QUERY:  # the kernel the padded path and the engine's decode use at this length
+        out = short_query_attention(padded(q), padded(k), padded(v), mask[None, None])
+    else:
+        out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask, is_causal=mask is None,
+                                             enable_gqa=H != K)  # [n, H, max_len, h]
     h = q.shape[-1]
     return out.transpose(1, 2).reshape(-1, H, h)[seg.token_index].transpose(0, 1)[None]
 

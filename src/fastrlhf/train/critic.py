@@ -22,7 +22,7 @@ from fastrlhf.algorithms.objectives import ppo_targets
 from fastrlhf.dataflow.batch import Batch
 from fastrlhf.model.decoder import CausalLM
 from fastrlhf.model.precision import Precision
-from fastrlhf.updates import optimizer_step
+from fastrlhf.updates import DeferredUpdates, optimizer_step
 
 
 def token_values(model: CausalLM, sequences: torch.Tensor, attention_mask: torch.Tensor,
@@ -41,6 +41,7 @@ class CriticWorker:
         self.micro_batch_size, self.mini_batches, self.grad_clip = micro_batch_size, mini_batches, grad_clip
         self.precision = precision or Precision(torch.float32, next(model.parameters()).device)
         self.step_seed = 0
+        self.deferred: DeferredUpdates | None = None  # set by the loop: the step's last update applies at commit
 
     @torch.no_grad()
     def inference(self, batch: Batch) -> Batch:
@@ -60,13 +61,14 @@ class CriticWorker:
         order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(self.step_seed + 1))
         parts = min(self.mini_batches, len(batch))
         totals: dict[str, float] = {}
-        for rows in order.chunk(parts):
-            for k, v in self._update(batch.select(rows)).items():
+        chunks = order.chunk(parts)
+        for m, rows in enumerate(chunks):
+            for k, v in self._update(batch.select(rows), self.deferred if m == len(chunks) - 1 else None).items():
                 totals[f"critic/{k}"] = totals.get(f"critic/{k}", 0.0) + v / parts
         self.model.eval()
         return totals
 
-    def _update(self, mini: Batch) -> dict[str, float]:
+    def _update(self, mini: Batch, defer: DeferredUpdates | None = None) -> dict[str, float]:
         mask = mini["response_mask"]
         aggregation = self.algorithm.loss_aggregation
         denominator = aggregate_count(mask, aggregation)
@@ -86,5 +88,5 @@ class CriticWorker:
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + (v if k == "value_loss" else v * weight)
         stats_sum["grad_norm"] = optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_clip, loss_sum,
-                                                scaler=self.precision.scaler)
+                                                scaler=self.precision.scaler, defer=defer)
         return stats_sum

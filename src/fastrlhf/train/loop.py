@@ -146,7 +146,11 @@ class Run:
         self.nonfinite_skips = self.consecutive_skips = 0
         if self.resume_from is not None:
             self._resume()
-        self.transaction = StepTransaction({"actor": (self.model, self.optimizer, self.scheduler), **self.companions()})
+        self.transaction = StepTransaction({"actor": (self.model, self.optimizer, self.scheduler), **self.companions()},
+                                           snapshots=t.atomic_steps)
+        self.actor.deferred = self.transaction.deferred  # their last update of a step applies at commit
+        if self.critic is not None:
+            self.critic.deferred = self.transaction.deferred
 
     def _check_run_dir(self, resume: bool) -> Path | None:
         """The checkpoint to resume from (None: start at step 0), or a UserError for a directory we must not use."""
@@ -230,7 +234,8 @@ class Run:
         try:
             metrics = self.step(step)
         except NonFiniteUpdate as bad:
-            self.transaction.rollback()
+            if not self.transaction.rollback():
+                raise self.torn_step(step, bad) from None
             self.engine.policy_version = version
             self.nonfinite_skips += 1
             self.consecutive_skips += 1
@@ -245,12 +250,16 @@ class Run:
                 self.save_before_failure(step + 1, error)
                 raise error from None
         except BaseException as exc:
-            self.transaction.rollback()
+            if not self.transaction.rollback():
+                raise self.torn_step(step, exc) from exc
             self.engine.policy_version = version
             self.save_before_failure(step, exc)
             raise
         else:
-            self.transaction.commit()
+            try:
+                self.transaction.commit()
+            except BaseException as exc:  # failed while applying the step's last updates: torn
+                raise self.torn_step(step, exc) from exc
             self.consecutive_skips = 0
             metrics["nonfinite_skips"] = float(self.nonfinite_skips)
         self.data_position += self.config.train.prompts_per_step
@@ -273,6 +282,14 @@ class Run:
         if saved:
             return f"steps 1-{saved} are saved; continue with: fastrlhf train --resume {self.run_dir}"
         return nothing_saved or f"no step is saved yet; fastrlhf train --resume {self.run_dir} starts the run again from step 1"
+
+    def torn_step(self, step: int, exc: BaseException) -> UserError:
+        """The error for a step that failed after an update it cannot undo (with `train.atomic_steps=false`,
+        or inside a deferred last update): nothing is checkpointed (the models are between two steps);
+        the last checkpoint is intact."""
+        hint = self.resume_hint(nothing_saved="no step was completed")
+        return UserError(f"step {step + 1} failed after an update was applied ({type(exc).__name__}: {exc}); "
+                         f"it cannot be undone, so nothing was saved ({hint})")
 
     def save_before_failure(self, step: int, exc: BaseException) -> None:
         """The run stops with `step` steps completed and the models in their state after them (a

@@ -14,9 +14,10 @@ Honoured (the run continues exactly; only what the key names changes):
 - Bookkeeping that changes no number: `train.eval_every`, `train.checkpoint_every`,
   `train.hang_timeout`, `train.max_nonfinite_skips`, `train.run_dir`, `task.reward_timeout`,
   `task.reward_retries`, `task.reward_batch_size`, `task.eval_size`, `rollout.num_slots`,
-  `rollout.compile`.
+  `rollout.compile`, `train.atomic_steps`.
 - Same math, different arithmetic order (results equal up to float rounding, not bit for bit):
-  `train.micro_batch_size`, `train.device`.
+  `train.micro_batch_size`, `train.micro_batch_tokens`, `train.device`; and `model.dtype` (the
+  checkpoint holds fp32 master weights whatever the compute precision).
 - `task.reward` from one `http(s)://` server address to another (a reward server that moved).
 
 Everything else (model, data, algorithm, learning rate, sampling, seed, ...) is refused with a
@@ -32,7 +33,8 @@ from fastrlhf.errors import UserError
 
 HONOURED = frozenset({
     "train.steps", "train.prompts_per_step", "train.eval_every", "train.checkpoint_every", "train.hang_timeout",
-    "train.max_nonfinite_skips", "train.run_dir", "train.micro_batch_size", "train.device",
+    "train.max_nonfinite_skips", "train.run_dir", "train.micro_batch_size", "train.micro_batch_tokens", "train.device",
+    "train.atomic_steps", "model.dtype",
     "task.reward_timeout", "task.reward_retries", "task.reward_batch_size", "task.eval_size",
     "rollout.num_slots", "rollout.compile",
 })

@@ -37,7 +37,7 @@ from fastrlhf.model.precision import Precision, RolloutCopy
 from fastrlhf.train.logprobs import micro_logprobs, score_batch
 from fastrlhf.train.mismatch import Mismatch
 from fastrlhf.train.packing import micro_batch_rows
-from fastrlhf.updates import optimizer_step
+from fastrlhf.updates import DeferredUpdates, optimizer_step
 from fastrlhf.train.padding import pack_sequences
 
 
@@ -58,6 +58,7 @@ class ActorWorker:
         self.micro_batch_tokens = micro_batch_tokens
         self.precision = precision or Precision(torch.float32, next(model.parameters()).device)
         self.rollout = rollout
+        self.deferred: DeferredUpdates | None = None  # set by the loop: the step's last update applies at commit
         self.objective = OBJECTIVES[algorithm.name](algorithm)
         # π_old for the clipped ratio: recomputed by the trainer unless rollout and trainer are exact (fp32)
         choice = getattr(algorithm, "recompute_logprobs", "auto")
@@ -133,21 +134,26 @@ class ActorWorker:
         if self.recompute and parts > 1:  # later mini-batches need π_old from before the first update
             batch = batch.update({"old_logprobs": score_batch(self.model, batch, self.train_params, self.micro_batch_size,
                                                               self.micro_batch_tokens, self.precision)})
-        for m, unit_rows in enumerate(order.chunk(parts)):
+        chunks = order.chunk(parts)
+        for m, unit_rows in enumerate(chunks):
             rows = (unit_rows[:, None] * unit + torch.arange(unit)).reshape(-1)
-            stats, mismatch = self._update(batch.select(rows.to(device)), check_logprobs=(m == 0))
+            last = m == len(chunks) - 1
+            if last:
+                totals["lr"] = self.optimizer.param_groups[0]["lr"]  # the learning rate of the step's last update
+            stats, mismatch = self._update(batch.select(rows.to(device)), check_logprobs=(m == 0),
+                                           defer=self.deferred if last else None)
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v / parts
             if m == 0:
                 totals.update(mismatch.stats())
         self.engine.policy_version += 1
-        totals["lr"] = self.optimizer.param_groups[0]["lr"]
         if "advantages" in batch:
             mask = batch["response_mask"]
             totals["advantage_abs"] = float((batch["advantages"].abs() * mask).sum() / mask.sum().clamp(min=1))
         return totals
 
-    def _update(self, mini: Batch, check_logprobs: bool) -> tuple[dict[str, float], Mismatch]:
+    def _update(self, mini: Batch, check_logprobs: bool, defer: DeferredUpdates | None = None
+                ) -> tuple[dict[str, float], Mismatch]:
         """One optimizer step on a mini-batch, accumulated over micro-batches.
 
         Micro-batch losses are shares of the mini-batch loss (normalised by the mini-batch's token,
@@ -169,7 +175,7 @@ class ActorWorker:
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + (v if k in SUMMED_STATS or k == OUTSIDE_SUPPORT else v * weight)
         stats_sum["grad_norm"] = optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_clip, loss_sum,
-                                                scaler=self.precision.scaler)
+                                                scaler=self.precision.scaler, defer=defer)
         return stats_sum, mismatch
 
     def _micro_loss(self, micro: Batch, normaliser: float, mismatch: Mismatch | None):
