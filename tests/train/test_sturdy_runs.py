@@ -47,20 +47,26 @@ def interrupt_in_step(monkeypatch, step_index):
     monkeypatch.setattr(loop.Run, "step", interrupted)
 
 
+def fail_in_mini_batch_2_of_step_3(monkeypatch, message):
+    """Make the actor's second mini-batch update of step 3 raise RuntimeError(message), after the
+    first mini-batch has updated the actor."""
+    original, calls = workers.ActorWorker._update, []
+
+    def fails_in_mini_batch_2(self, mini, check_logprobs, defer=None):
+        calls.append(self.step)
+        if self.step == 2 and calls.count(2) == 2:
+            raise RuntimeError(message)
+        return original(self, mini, check_logprobs, defer)
+    monkeypatch.setattr(workers.ActorWorker, "_update", fails_in_mini_batch_2)
+
+
 # ---------------------------------------------------------------- defect 2: a torn step is never saved
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_a_step_that_fails_half_way_checkpoints_the_pre_step_state(tiny_policy, digit_reward, tmp_path, monkeypatch, algo):
     extra = (f"task.reward={digit_reward}", f"algorithm.name={algo}")
     run(tiny_policy, tmp_path / "clean", 2, *extra)
     if algo == "grpo":  # mini-batch 2 of step 3 fails, after mini-batch 1 updated the actor
-        original, calls = workers.ActorWorker._update, []
-
-        def fails_in_mini_batch_2(self, mini, check_logprobs, defer=None):
-            calls.append(self.step)
-            if self.step == 2 and calls.count(2) == 2:
-                raise RuntimeError("out of memory (injected)")
-            return original(self, mini, check_logprobs, defer)
-        monkeypatch.setattr(workers.ActorWorker, "_update", fails_in_mini_batch_2)
+        fail_in_mini_batch_2_of_step_3(monkeypatch, "out of memory (injected)")
     else:  # the critic fails after its update in step 3 (the actor updated too, or is about to)
         original = CriticWorker.train
 
@@ -250,14 +256,8 @@ def test_without_snapshots_a_torn_step_stops_the_run_and_saves_nothing_new(tiny_
                                                                             monkeypatch, capsys):
     """atomic_steps=false trades the per-step snapshot (~3x parameter bytes) for this: a failure after
     an update stops the run with one line, the last checkpoint untouched, the resume command named."""
-    original, calls = workers.ActorWorker._update, []
-
-    def fails_in_mini_batch_2(self, mini, check_logprobs, defer=None):
-        calls.append(self.step)
-        if self.step == 2 and calls.count(2) == 2:
-            raise RuntimeError("boom")
-        return original(self, mini, check_logprobs, defer)
-    monkeypatch.setattr(workers.ActorWorker, "_update", fails_in_mini_batch_2)
+    original = workers.ActorWorker._update
+    fail_in_mini_batch_2_of_step_3(monkeypatch, "boom")
     args = overrides(tiny_policy, tmp_path / "r", 4, f"task.reward={digit_reward}", "train.atomic_steps=false")
     assert main(["train", *args, "--quiet"]) == 2
     err = capsys.readouterr().err

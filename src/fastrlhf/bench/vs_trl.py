@@ -393,6 +393,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> None:
+    if args.ours_set:  # a bad key or value is refused here, in one line, before any run starts
+        from fastrlhf.config import Config, apply_overrides
+
+        apply_overrides(Config(), args.ours_set, source="--ours-set")
     for name in ("steps", "prompts_per_step", "max_new_tokens", "repeats", "threads"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be ≥ 1")
