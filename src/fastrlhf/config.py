@@ -1,6 +1,6 @@
 """The typed config tree of a training run, loaded from YAML plus `a.b=c` overrides.
 
-`Config` has five sections — `model`, `task`, `rollout`, `algorithm`, `train` — each a dataclass
+`Config` has six sections — `model`, `task`, `rollout`, `algorithm`, `train`, `runtime` — each a dataclass
 whose fields carry a help text and an optional range check in their metadata. `Config()` is the
 embedded default job: a tiny model on the built-in arithmetic task, sized for a 2-core CPU.
 
@@ -184,12 +184,39 @@ class TrainSection:
 
 
 @dataclass
+class RuntimeSection:
+    backend: Literal["local", "ray"] = option("local", "local = every model call in this process; ray = rollout "
+                                              "workers and trainer ranks as Ray actors (docs/runtime.md)")
+    address: str | None = option(None, "ray: join this cluster ('auto' or host:port from `ray start --head`); "
+                                       "unset = start a private local cluster for the run")
+    rollout_workers: int = option(1, "ray: rollout engines (Ray actors) generating in parallel", at_least(1))
+    trainer_workers: int = option(1, "ray: data-parallel trainer ranks (reference, reward and critic live on "
+                                     "rank 0's actor)", at_least(1))
+    rollout_cpus: int = option(1, "ray: CPUs (torch threads) per rollout worker", at_least(1))
+    trainer_cpus: int = option(1, "ray: CPUs (torch threads) per trainer rank", at_least(1))
+    rollout_gpus: float = option(0.0, "ray: GPUs per rollout worker (0 = CPU)", at_least(0.0))
+    trainer_gpus: float = option(0.0, "ray: GPUs per trainer rank (0 = CPU)", at_least(0.0))
+    balance: Literal["static", "tokens"] = option("tokens", "ray: prompts to rollout workers by equal count "
+                                                  "(static) or by predicted response tokens (tokens)")
+    migrate_threshold: float = option(0.5, "ray: migrate in-flight samples when the most loaded worker's "
+                                           "predicted remaining tokens exceed (1 + this) x the mean (0 = never)",
+                                      at_least(0.0))
+    round_seconds: float = option(0.05, "ray: engine time per rollout round (how often the pool rebalances "
+                                        "and collects finished samples)", greater_than(0.0))
+    stream_scoring: bool = option(True, "ray: score (reward, reference) each finished prompt group while the "
+                                        "long tail still generates")
+    sync_bucket_mb: int = option(64, "ray: weight-sync bucket size (MB)", at_least(1))
+    max_restarts: int = option(3, "ray: restarts of a crashed rollout worker before the run stops", at_least(0))
+
+
+@dataclass
 class Config:
     model: ModelSection = field(default_factory=ModelSection)
     task: TaskSection = field(default_factory=TaskSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
     train: TrainSection = field(default_factory=TrainSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
 
     def __post_init__(self) -> None:
         resolve_task_defaults(self)
@@ -311,6 +338,11 @@ def check_consistency(config: Config) -> None:
         raise UserError("config: algorithm.name=dpo trains on preference pairs: set task.preferences=PAIRS.jsonl")
     if config.algorithm.critic_init == "reward_model" and name != "ppo":
         raise UserError(f"config: 'algorithm.critic_init' only applies to ppo, not {name}")
+    if config.runtime.backend == "ray" and config.rollout.speculative in ("draft", "adaptive"):
+        raise UserError(f"config: rollout.speculative={config.rollout.speculative} needs the draft model's refresh "
+                        f"beside the trainer; with runtime.backend=ray use speculative=ngram or off")
+    if config.runtime.backend == "local" and (config.runtime.rollout_workers > 1 or config.runtime.trainer_workers > 1):
+        raise UserError("config: runtime.rollout_workers / trainer_workers > 1 need runtime.backend=ray")
     if config.algorithm.freeze_actor_steps and name != "ppo":
         raise UserError(f"config: 'algorithm.freeze_actor_steps' warms up PPO's critic; {name} has none")
 

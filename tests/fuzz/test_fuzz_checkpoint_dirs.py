@@ -21,6 +21,7 @@ from fastrlhf.config import config_from_dict, load_config
 from fastrlhf.errors import UserError
 from fastrlhf.train import loop
 from fastrlhf.train.checkpoint import load_checkpoint, read_checkpoint_info, restore_rng
+from fastrlhf.train.state import TrainingState
 
 EXAMPLES = 150  # per mode
 
@@ -63,9 +64,9 @@ def resume_path(path: Path, config):
     """What `--resume` does with a checkpoint before training: info, weights + optimizers, RNG."""
     saved, _ = read_checkpoint_info(path)
     config_from_dict(saved, str(path / "config.yaml"))
-    run = object.__new__(loop.Run)  # the models, optimizers and companions of the run, as Run builds them
-    run.__dict__.update(_models(config))
-    step, rng, extra = load_checkpoint(path, run.model, run.optimizer, run.scheduler, companions=run.companions())
+    state = object.__new__(TrainingState)  # the models, optimizers and companions of the run, as a run builds them
+    state.__dict__.update(_models(config))
+    step, rng, extra = load_checkpoint(path, state.model, state.optimizer, state.scheduler, companions=state.companions())
     restore_rng(rng, str(path / "rng.json"))
 
 
@@ -77,7 +78,7 @@ def _models(config):
         fresh = config_from_dict({**config.to_dict(), "train": {**config.to_dict()["train"],
                                                                   "run_dir": str(Path(config.train.run_dir) / "x")}})
         built = loop.Run(fresh, resume=False, show_progress=False)
-        _BUILT["run"] = {k: getattr(built, k) for k in ("model", "optimizer", "scheduler", "critic", "speculation")}
+        _BUILT["run"] = {k: getattr(built.trainer, k) for k in ("model", "optimizer", "scheduler", "critic", "speculation")}
     return _BUILT["run"]
 
 

@@ -18,6 +18,8 @@ cycles (the message lists the calls on the cycle). `order` is a topological orde
 declaration order wherever the edges allow it.
 
 This module is pure Python (no torch) so that `plan/` can reason about graphs without torch.
+`weight_syncs` names the cross-iteration edges train → generate of a role that does both (the
+runtime's weight sync); `streamable` the scoring calls that may run per finished prompt group.
 Left out for now: parameter-reallocation and data-transfer edges of ReaLHF's augmented graph (they
 depend on an execution plan, which lives in `plan/`), and calls spanning several iterations.
 """
@@ -103,6 +105,24 @@ class Graph:
     def roles(self) -> tuple[str, ...]:
         """Model roles in order of first appearance."""
         return tuple(dict.fromkeys(call.role for call in self.calls))
+
+    @property
+    def weight_syncs(self) -> tuple[Edge, ...]:
+        """Weight-sync edges across iterations: a role that both trains and generates must bring the
+        weights its train call made to its generate call of the *next* iteration. Where the two jobs
+        run in different processes (runtime.backend=ray: trainer ranks vs rollout workers) the executor
+        sends the committed version before that generate call; in one process the engine's copy is
+        refreshed there instead (model/precision.RolloutCopy)."""
+        return tuple(Edge(train.name, generate.name, ())
+                     for train in self.calls if train.kind == "train"
+                     for generate in self.calls if generate.kind == "generate" and generate.role == train.role)
+
+    def streamable(self, generate: ModelCall) -> tuple[ModelCall, ...]:
+        """Inference calls on other roles that read only the data and `generate`'s outputs: they can
+        score each finished prompt group while the rest still generates (RLHFuse stage fusion)."""
+        available = set(self.data_keys) | set(generate.outputs)
+        return tuple(call for call in self.order if call.kind == "inference" and call.role != generate.role
+                     and set(call.inputs) <= available)
 
     def consumers(self, key: str) -> tuple[str, ...]:
         """Names of the calls that read `key`."""

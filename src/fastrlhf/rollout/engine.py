@@ -5,7 +5,19 @@ Generation is a ladder of small functions (gpt-fast style):
     for every running slot) → _commit (record tokens, finish sequences) → step → generate.
 `step()` admits waiting sequences into free slots, prefills them, then decodes one token for every
 running sequence. All per-token work is tensor ops over the batch; Python touches a sequence only
-when it is admitted or finishes.
+when it is admitted, finishes, or migrates.
+
+Sample migration (between engines with the same weights and sampling params, e.g. a pool balancing
+its workers): between two `step()`s, `take` removes unfinished sequences — waiting, or running with
+their tokens and log-probs so far — and `add` queues them into another started engine (`start` with
+`reserve=` sizes a worker's cache for sequences it will only receive). A partly generated sequence
+is *re-prefilled* on admission: its prompt + tokens so far but the last go through `_prefill`
+with no sampling, its outputs are restored into its slot, and its next decode feeds its last
+token. Randomness is counter-based (seed, token index), so a migrated sequence samples the same
+tokens it would have without moving (log-probs equal up to fp32 reduction order: re-prefill runs
+its tokens in one causal pass instead of one decode step each). `load()` is what a pool balances on.
+Identity: `start(keys=)` names the prompts (`prompt_index`; seq_id = key · n + sample; the default
+seed); a pool that gives each prompt its own key gets seq_ids unique across its engines.
 
 Every finished `Sequence` carries its token ids, the per-token log-probs of the sampling
 distribution (from the same `sampling_logprobs` the trainer uses), its finish reason and the policy
@@ -20,11 +32,13 @@ the *speculation interface* below (`running_sequences`, `generated_tokens`, `out
 Cache invariant (kv_cache.py): slot s holds live K/V at positions [0, lengths[s]); every position
 ≥ lengths[s] is dead — masked by position and rewritten before it is read. Every write that is not a
 sequence's own next token (speculative drafts, the static decode's idle slots) goes to dead positions.
+A slot freed by `take` is like one freed by a finish: its old K/V is dead for the next admission,
+whose (re-)prefill rewrites [0, fed length) and sets the slot's length, counters and seed.
 
 The decode hot path, written for a GPU:
 - host syncs: one per plain decode step, the stop check in `_commit` (`done.any()`), plus one copy
   of the finished rows when a sequence ends. The key span comes from the host's copy of the slot
-  lengths (prompt length at admission + tokens appended), the active-slots tensor is re-sent only
+  lengths (fed length at admission + tokens appended), the active-slots tensor is re-sent only
   when the running set changes, and host → device copies go through pinned memory, non-blocking.
   A speculative pass re-copies the lengths once after the speculator's `append`s (device slots),
   as `verify_forward`'s `positions.max()` did before. (The decoder's `Rotary.forward` still reads
@@ -33,8 +47,9 @@ The decode hot path, written for a GPU:
 - sampling math is fp32 whatever the model dtype (bf16 policies decode with a bf16 KV cache);
 - prefill runs causal attention (`masks=None`: SDPA `is_causal`, flash kernels on CUDA);
 - the KV cache is sized per generate call (min(num_slots, sequences) slots × longest prompt +
-  max_new_tokens) and released when the call returns (`release()`), except in compile mode
-  (num_slots slots, re-used by every call it is big enough for: one compiled shape);
+  max_new_tokens, at least `reserve=` when given) and released when the call returns
+  (`release()`), except in compile mode (num_slots slots, re-used by every call it is big enough
+  for: one compiled shape);
 - `compile=True` on CUDA: the static all-slots decode step is compiled with
   `mode="reduce-overhead"` (CUDA graphs), the cache tensors marked static addresses.
 
@@ -43,7 +58,11 @@ Unverified without a GPU (written so, not measured or run): CUDA-graph capture o
 flash SDPA in prefill, that the remaining syncs are the only ones `torch.cuda.set_sync_debug_mode`
 would report, and any speed-up.
 
-Left out: paged attention, compiling the prefill and the speculative verify pass.
+Left out: paged attention, compiling the prefill and the speculative verify pass; for migration,
+shipping a slot's K/V rows instead of re-prefilling (a re-prefill costs one prefill of prompt +
+tokens so far), moving a speculator's drafter state with a sequence (a drafter relearns the text of
+a sequence it has not seen from its context; the tokens do not depend on it with a deterministic
+drafter), and the transport between processes (sequences are plain data: lists and a CPU tensor).
 """
 
 from __future__ import annotations
@@ -90,6 +109,8 @@ class RolloutEngine:
         self.device, self.dtype = param.device, param.dtype
         self.policy_version = 0
         self.cache: KVCache | None = None
+        self.scheduler: Scheduler | None = None  # set by `start`
+        self.finished: list[Sequence] = []
         self.compile = compile
         # compiled decode runs every slot at full cache length: static shapes, one compile per cache size
         self._static_decode = (compiler or default_compiler(self.device))(self._decode_all_slots) if compile else None
@@ -99,14 +120,16 @@ class RolloutEngine:
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
     def generate(self, prompts: Seq[Seq[int]], params: SamplingParams, seeds: Seq[int] | None = None,
-                 on_step: Callable[[int, int], None] | None = None) -> list[Sequence]:
-        """n samples for each prompt → finished sequences ordered by (prompt, sample).
+                 on_step: Callable[[int, int], None] | None = None, keys: Seq[int] | None = None,
+                 reserve: tuple[int, int] | None = None) -> list[Sequence]:
+        """n samples for each prompt → finished sequences ordered by (prompt_index, sample_index).
 
         `seeds[i]` (optional) fixes prompt i's random stream, so its samples do not depend on the
-        other prompts of the call. `on_step(finished, total)` is called after every engine step.
-        The KV cache is released when the call returns (kept in compile mode, see `release`)."""
+        other prompts of the call; `keys` and `reserve` as in `start`. `on_step(finished, total)` is
+        called after every engine step. The KV cache is released when the call returns (kept in
+        compile mode, see `release`)."""
         try:
-            seqs = self.start(prompts, params, seeds)
+            seqs = self.start(prompts, params, seeds, keys, reserve)
             while not self.scheduler.done:
                 self.step()
                 if on_step:
@@ -125,18 +148,33 @@ class RolloutEngine:
         self.cache = None
         self._reset_state()
 
-    def start(self, prompts: Seq[Seq[int]], params: SamplingParams, seeds: Seq[int] | None = None) -> list[Sequence]:
-        if not prompts:
+    def start(self, prompts: Seq[Seq[int]], params: SamplingParams, seeds: Seq[int] | None = None,
+              keys: Seq[int] | None = None, reserve: tuple[int, int] | None = None) -> list[Sequence]:
+        """Queue n samples of each prompt and allocate the KV cache: a call that `step()` runs and
+        that `take` / `add` move sequences out of and into.
+
+        `keys[i]` (default i, distinct ints) is prompt i's identity: its sequences' `prompt_index`,
+        their seq_id (key · n + sample) and, without `seeds`, their seed `sequence_seed(params.seed,
+        key, sample)` — so a prompt's samples do not depend on its position in the call, and a pool
+        that gives every prompt its own key gets seq_ids unique across its engines. With `seeds`,
+        prompt i's seed is `sequence_seed(seeds[i], 0, sample)` whatever its key.
+        `reserve=(slots, positions)`: the least cache this call allocates, for sequences `add`ed
+        later (positions: the longest prompt + max_new_tokens they may bring; slots are capped at
+        num_slots). With a reserve `prompts` may be empty: a worker that only receives migrated work."""
+        if not prompts and reserve is None:
             raise UserError("generate: no prompts")
         if any(len(p) == 0 for p in prompts):
             raise UserError("generate: empty prompt (a prompt needs at least one token, e.g. BOS)")
+        keys = self._check_keys(keys, len(prompts))
+        reserve_slots, reserve_len = self._check_reserve(reserve)
         self.params = params
         seqs = []
-        for i, prompt in enumerate(prompts):
+        for i, (key, prompt) in enumerate(zip(keys, prompts)):
             for j in range(params.n):
-                seed = sequence_seed(params.seed if seeds is None else seeds[i], i if seeds is None else 0, j)
-                seqs.append(Sequence(len(seqs), [int(t) for t in prompt], i, j, seed))
-        self._allocate(len(seqs), max(len(p) for p in prompts) + params.max_new_tokens)
+                seed = sequence_seed(params.seed, key, j) if seeds is None else sequence_seed(seeds[i], 0, j)
+                seqs.append(Sequence(key * params.n + j, [int(t) for t in prompt], key, j, seed))
+        longest = max((len(p) for p in prompts), default=0)
+        self._allocate(max(len(seqs), reserve_slots), max(longest + params.max_new_tokens, reserve_len))
         self.scheduler = Scheduler(self.cache.num_slots, self.max_prefill_tokens)
         for seq in seqs:
             self.scheduler.add(seq)
@@ -146,8 +184,75 @@ class RolloutEngine:
         self.stop_ids = self._to_device(list(params.stop_token_ids or [-1]))
         return seqs
 
+    @torch.no_grad()
+    def take(self, seq_ids: Seq[int] | None = None, count: int | None = None) -> list[Sequence]:
+        """Remove unfinished sequences from this engine (between two `step()`s) and return them.
+
+        `seq_ids`: those sequences, in that order (an id that is finished or not here raises).
+        `count`: up to that many, chosen so the work moved is the work still to do — waiting ones
+        first (the last queued first, so the rest keep their order), then running ones with the
+        fewest tokens generated (the most predicted work left: max_new_tokens − generated; ties: the
+        highest slot, so the running set stays packed at the front of the cache). Neither: all.
+        A taken running sequence frees its slot and carries its state so far: `token_ids` (list),
+        `logprobs` (fp32 CPU, same length), `finish_reason` None, with its seed, prompt and indices;
+        `add` on an engine with the same weights continues it (two device → host copies)."""
+        self._require_started("take")
+        if seq_ids is not None and count is not None:
+            raise UserError("take: pass seq_ids or count, not both")
+        here = self._unfinished()
+        if seq_ids is not None:
+            chosen = [self._unfinished_seq(int(i), here) for i in seq_ids]
+            if len({s.seq_id for s in chosen}) < len(chosen):
+                raise UserError(f"take: repeated sequence ids in {list(seq_ids)}")
+        elif count is not None:
+            chosen = self._pick(count, here)
+        else:
+            chosen = list(here.values())
+        self._snapshot([s for s in chosen if s.slot is not None])
+        for seq in chosen:
+            self._just_admitted.discard(seq.slot)
+        self.scheduler.withdraw(chosen)
+        return chosen
+
+    @torch.no_grad()
+    def add(self, seqs: Seq[Sequence]) -> None:
+        """Queue sequences taken from an engine with the same weights and sampling params (after
+        `start`; they wait behind the queue). A fresh one (no tokens) is prefilled and sampled as
+        usual; a partly generated one (k ≥ 1 tokens) is re-prefilled at admission and continues with
+        token k (see `_prefill`). Everything is checked before anything is queued: a sequence that is
+        finished, still in a slot, already in this engine, or that cannot fit the cache (prompt +
+        max_new_tokens > positions per slot) raises. Its `policy_version` is kept (the weights are
+        the same); seq ids must be unique in the engine (see `start`'s keys)."""
+        self._require_started("add")
+        seqs = list(seqs)
+        known = set(self._unfinished()) | {s.seq_id for s in self.finished}
+        for seq in seqs:
+            self._check_addable(seq, known)
+            known.add(seq.seq_id)
+        for seq in seqs:
+            seq.token_ids = [int(t) for t in seq.token_ids]
+            if seq.token_ids:
+                seq.logprobs = seq.logprobs.detach().to("cpu", torch.float32)
+            self.scheduler.add(seq)
+
+    def load(self) -> dict:
+        """What a pool balances on, from host-side data (one device copy of the lengths only after a
+        speculator's `append`s): counts of waiting / running / finished sequences, free slots, and
+        per unfinished sequence (waiting in queue order, then running by slot) its seq_id,
+        prompt_index, sample_index, tokens generated so far, prompt length and whether it runs."""
+        self._require_started("load")
+        generated = self._generated_counts()
+        seqs = [dict(seq_id=s.seq_id, prompt_index=s.prompt_index, sample_index=s.sample_index,
+                     generated=generated[s.slot] if s.slot is not None else len(s.token_ids),
+                     prompt_len=s.prompt_len, running=s.slot is not None) for s in self._unfinished().values()]
+        sched = self.scheduler
+        return dict(waiting=len(sched.waiting), running=len(sched.running), finished=len(self.finished),
+                    free_slots=len(sched.free), slots=sched.num_slots, sequences=seqs)
+
+    @torch.no_grad()
     def step(self) -> None:
-        """Admit and prefill waiting sequences, then decode one token for every running sequence."""
+        """Admit and prefill waiting sequences, then decode one token for every running sequence
+        (without autograd also when called directly, as a worker that migrates sequences does)."""
         admitted = self.scheduler.admit()
         if admitted:
             self._prefill(admitted)
@@ -155,6 +260,92 @@ class RolloutEngine:
         self._just_admitted = set()
         if decoding:
             self._decode(decoding)
+
+    # ------------------------------------------------------------------ migration helpers
+    @staticmethod
+    def _check_keys(keys: Seq[int] | None, count: int) -> list[int]:
+        """`start`'s keys: default 0 .. count − 1; otherwise `count` distinct ints."""
+        if keys is None:
+            return list(range(count))
+        keys = [int(k) for k in keys]
+        if len(keys) != count:
+            raise UserError(f"generate: {len(keys)} keys for {count} prompts")
+        if len(set(keys)) != count:
+            raise UserError("generate: keys must be distinct (a key is a prompt's identity)")
+        return keys
+
+    @staticmethod
+    def _check_reserve(reserve: tuple[int, int] | None) -> tuple[int, int]:
+        """`start`'s reserve → (slots, positions); (0, 0) when there is none."""
+        if reserve is None:
+            return 0, 0
+        slots, positions = (int(x) for x in reserve)
+        if slots < 1 or positions < 1:
+            raise UserError(f"generate: reserve=(slots, positions) needs both ≥ 1, got {tuple(reserve)}")
+        return slots, positions
+
+    def _require_started(self, what: str) -> None:
+        if self.scheduler is None or self.cache is None:
+            raise UserError(f"{what}: the engine has no call running (call start first)")
+
+    def _unfinished(self) -> dict[int, Sequence]:
+        """seq_id → sequence for every unfinished one here: waiting in queue order, then running by slot."""
+        sched = self.scheduler
+        return {s.seq_id: s for s in [*sched.waiting, *(sched.running[k] for k in sorted(sched.running))]}
+
+    def _unfinished_seq(self, seq_id: int, here: dict[int, Sequence]) -> Sequence:
+        if seq_id in here:
+            return here[seq_id]
+        state = "finished" if any(s.seq_id == seq_id for s in self.finished) else "not in this engine"
+        raise UserError(f"take: sequence {seq_id} is {state}")
+
+    def _generated_counts(self) -> dict[int, int]:
+        """slot → tokens generated so far by its running sequence (length − prompt + 1: the first
+        token came from prefill), from the host's lengths."""
+        host = self._host_lengths()
+        return {slot: host[slot] - seq.prompt_len + 1 for slot, seq in self.scheduler.running.items()}
+
+    def _pick(self, count: int, here: dict[int, Sequence]) -> list[Sequence]:
+        """`take(count=)`'s rule: waiting (last queued first), then running by (generated, −slot)."""
+        if count < 0:
+            raise UserError(f"take: count must be ≥ 0, got {count}")
+        waiting = list(reversed(self.scheduler.waiting))
+        generated = self._generated_counts()
+        running = sorted(self.scheduler.running.values(), key=lambda s: (generated[s.slot], -s.slot))
+        return (waiting + running)[:count]
+
+    def _snapshot(self, running: list[Sequence]) -> None:
+        """Copy the running sequences' outputs so far out of their slots (two device → host copies)."""
+        if not running:
+            return
+        slots = self._to_device([s.slot for s in running])
+        rows = torch.cat([self.n_generated[slots, None], self.out_tokens[slots]], 1).tolist()
+        logprobs = self.out_logprobs[slots].cpu()
+        for i, (seq, (n, *out)) in enumerate(zip(running, rows)):
+            seq.token_ids, seq.logprobs, seq.finish_reason = out[:n], logprobs[i, :n].clone(), None
+
+    def _check_addable(self, seq: Sequence, known: set[int]) -> None:
+        """Why `add` refuses `seq`, if it does (a UserError naming the sequence)."""
+        name = f"add: sequence {seq.seq_id} (prompt {seq.prompt_index}, sample {seq.sample_index})"
+        max_new, positions = self.params.max_new_tokens, self.cache.max_len
+        k = len(seq.token_ids)
+        if seq.finished:
+            raise UserError(f"{name} is finished ({seq.finish_reason})")
+        if seq.slot is not None:
+            raise UserError(f"{name} still holds slot {seq.slot} of an engine (take it first)")
+        if seq.seq_id in known:
+            raise UserError(f"{name} is already in this engine (seq ids must be unique: see start's keys)")
+        if not seq.prompt_ids:
+            raise UserError(f"{name} has an empty prompt")
+        if seq.prompt_len + max_new > positions:
+            raise UserError(f"{name} cannot fit the cache: prompt {seq.prompt_len} + max_new_tokens {max_new} > "
+                            f"{positions} positions per slot (start the engine with a larger reserve=)")
+        if k >= max_new:
+            raise UserError(f"{name} has {k} tokens, max_new_tokens is {max_new}: it would have finished")
+        if k and (seq.logprobs is None or len(seq.logprobs) != k):
+            raise UserError(f"{name} has {k} tokens but no log-prob for each")
+        if set(seq.token_ids) & set(self.params.stop_token_ids):
+            raise UserError(f"{name} contains a stop token: it would have finished")
 
     # ------------------------------------------------------------------ the ladder
     def _reset_state(self) -> None:
@@ -225,34 +416,69 @@ class RolloutEngine:
         return self._active_slots
 
     def _prefill(self, seqs: list[Sequence]) -> None:
-        """Run each distinct prompt once, copy its KV to every slot that holds it, sample token 0.
+        """Run each distinct fed token list once, copy its KV to every slot that holds it, and sample
+        token 0 of the fresh sequences.
 
-        Rows are right-padded and start at position 0, so attention is plain causal (`masks=None`:
-        SDPA `is_causal`, flash kernels on CUDA); padded positions' K/V lands at dead positions
-        ≥ the slot's length (cache invariant). All index data goes to the device in one copy."""
+        A sequence feeds `prefill_ids`: its prompt, or — migrated with k ≥ 1 tokens — its prompt +
+        token_ids[:k−1], which is re-prefilled with no sampling (`_restore`: its next decode feeds
+        token k−1 and samples token k with counter k). Rows are deduplicated by the fed tokens (the
+        n samples of a prompt share one row; K/V depends only on the tokens and their positions, so
+        a fresh and a migrated sequence may share one too); only rows that end a fresh sequence's
+        prompt go through the LM head. Rows are right-padded and start at position 0, so attention
+        is plain causal (`masks=None`: SDPA `is_causal`, flash kernels on CUDA); padded positions'
+        K/V lands at dead positions ≥ the slot's length (cache invariant). All index data goes to
+        the device in one copy (plus one of the migrated log-probs)."""
         rows: dict[tuple[int, ...], int] = {}
-        src = [rows.setdefault(tuple(s.prompt_ids), len(rows)) for s in seqs]
+        src = [rows.setdefault(tuple(s.prefill_ids), len(rows)) for s in seqs]
         unique = list(rows)
         N, M = len(unique), len(seqs)
         lens = [len(p) for p in unique]
         T = max(lens)
         ids = self._to_device([list(p) + [0] * (T - len(p)) for p in unique])  # [N, T]
-        slot_list = [s.slot for s in seqs]
-        index = self._to_device(slot_list + src + [lens[r] for r in src] + [s.seed for s in seqs]
-                                + [r * T + n - 1 for r, n in enumerate(lens)])
-        slots, src_rows, seq_lens, seeds, last_rows = index.split([M, M, M, M, N])
+        fresh = [s for s in seqs if not s.token_ids]
+        moved = [s for s in seqs if s.token_ids]
+        fresh_src = [r for r, s in zip(src, seqs) if not s.token_ids]
+        heads = list(dict.fromkeys(fresh_src))  # rows whose last position predicts a fresh sequence's token 0
+        head_of = {r: h for h, r in enumerate(heads)}
+        parts = [[s.slot for s in seqs], src, [lens[r] for r in src], [s.seed for s in seqs],
+                 [r * T + lens[r] - 1 for r in heads], [head_of[r] for r in fresh_src], [s.slot for s in fresh],
+                 *self._restore_index(moved)]
+        index = self._to_device([x for part in parts for x in part]).split([len(p) for p in parts])
+        slots, src_rows, seq_lens, seeds, last_rows, fresh_heads, fresh_slots = index[:7]
         positions = self._positions[:T].expand(N, T)
         hidden = self.model.hidden_states(ids, positions, None, PrefillView(self.cache, slots, src_rows, T))
-        last = hidden.reshape(N * T, -1)[last_rows]  # [N, d]: each row's last real position
-        logits = self.model.logits(last)[src_rows]  # [M, V]
         for s in seqs:
-            s.policy_version = self.policy_version
-            self._host_lengths_list[s.slot] = s.prompt_len
+            if not s.token_ids:
+                s.policy_version = self.policy_version
+            self._host_lengths_list[s.slot] = s.prefill_len
         self.lengths[slots] = seq_lens
-        self.n_generated[slots] = 0
         self.seeds[slots] = seeds
-        self._just_admitted = set(slot_list)
-        self._sample_and_commit(slots, logits)
+        self._just_admitted = {s.slot for s in fresh}  # migrated ones decode in this step already
+        if moved:
+            self._restore(moved, *index[7:])
+        if fresh:
+            last = hidden.reshape(N * T, -1)[last_rows]  # [H, d]: each head row's last real position
+            logits = self.model.logits(last)[fresh_heads]  # [F, V]
+            self.n_generated[fresh_slots] = 0
+            self._sample_and_commit(fresh_slots, logits)
+
+    @staticmethod
+    def _restore_index(moved: list[Sequence]) -> list[list[int]]:
+        """Host index data of `_restore`: slots, token counts, last tokens, and (slot, column, token)
+        for every restored output token."""
+        flat = [(s.slot, j, t) for s in moved for j, t in enumerate(s.token_ids)]
+        return [[s.slot for s in moved], [len(s.token_ids) for s in moved], [s.token_ids[-1] for s in moved],
+                [f[0] for f in flat], [f[1] for f in flat], [f[2] for f in flat]]
+
+    def _restore(self, moved: list[Sequence], slots, counts, last, out_slots, out_cols, out_tokens) -> None:
+        """Migrated sequences' state after their re-prefill: outputs so far in their slots' rows, n
+        generated = k, and token k−1 as the next one to feed (its K/V is not stored: the slot's length
+        is prompt + k − 1), so the next decode samples token k with counter k."""
+        logprobs = torch.cat([s.logprobs for s in moved]).to(self.device, torch.float32)
+        self.out_tokens[out_slots, out_cols] = out_tokens
+        self.out_logprobs[out_slots, out_cols] = logprobs
+        self.n_generated[slots] = counts
+        self.last_token[slots] = last
 
     def _decode_logits(self, tokens, positions, masks, view):
         """One decoder step: tokens, positions [B, 1] → logits [B, V]."""

@@ -54,7 +54,8 @@ def make_speculation(config: Config, model, params: SamplingParams) -> RolloutSp
     return RolloutSpeculation.build(config.rollout, model, params, config.train.micro_batch_size)
 
 
-def build_critic(config: Config, policy, tokenizer, reward, device, schedule_steps: int, dtype=None) -> CriticWorker:
+def build_critic(config: Config, policy, tokenizer, reward, device, schedule_steps: int, dtype=None,
+                 data_parallel=None) -> CriticWorker:
     """PPO's critic from the reward model (`critic_init` auto / reward_model, when the reward is one
     with the policy's vocabulary: the critic reads the policy's token ids) or the policy + a fresh head."""
     from fastrlhf.model.heads import with_score_head
@@ -74,4 +75,5 @@ def build_critic(config: Config, policy, tokenizer, reward, device, schedule_ste
     optimizer = build_optimizer(model, a.critic_lr, t.weight_decay)
     scheduler = build_scheduler(optimizer, t.warmup_steps, schedule_steps, t.lr_decay)
     precision = Precision(dtype or torch.float32, device)  # its own fp16 loss scale, if any
-    return CriticWorker(model, optimizer, scheduler, a, t.micro_batch_size, t.mini_batches, t.grad_clip, precision)
+    return CriticWorker(model, optimizer, scheduler, a, t.micro_batch_size, t.mini_batches, t.grad_clip, precision,
+                        data_parallel=data_parallel)

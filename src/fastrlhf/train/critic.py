@@ -35,8 +35,11 @@ def token_values(model: CausalLM, sequences: torch.Tensor, attention_mask: torch
 
 class CriticWorker:
     def __init__(self, model: CausalLM, optimizer, scheduler, algorithm, micro_batch_size: int,
-                 mini_batches: int = 1, grad_clip: float = 0.0, precision: Precision | None = None):
-        """`precision`: forwards under autocast over the fp32 master weights (model/precision.py)."""
+                 mini_batches: int = 1, grad_clip: float = 0.0, precision: Precision | None = None,
+                 data_parallel=None):
+        """`precision`: forwards under autocast over the fp32 master weights (model/precision.py).
+        `data_parallel`: this trainer rank's train/data_parallel.DataParallel (None: one rank)."""
+        self.data_parallel = data_parallel
         self.model, self.optimizer, self.scheduler, self.algorithm = model, optimizer, scheduler, algorithm
         self.micro_batch_size, self.mini_batches, self.grad_clip = micro_batch_size, mini_batches, grad_clip
         self.precision = precision or Precision(torch.float32, next(model.parameters()).device)
@@ -75,8 +78,10 @@ class CriticWorker:
         self.optimizer.zero_grad(set_to_none=True)
         stats_sum: dict[str, float] = {}
         loss_sum = torch.zeros(())
-        for rows in torch.arange(len(mini)).split(self.micro_batch_size):
-            micro = mini.select(rows)
+        dp = self.data_parallel
+        mine = mini if dp is None else mini.select(dp.my_rows(mini["attention_mask"], 1).to(mask.device))
+        for rows in torch.arange(len(mine)).split(self.micro_batch_size):
+            micro = mine.select(rows)
             with self.precision.autocast():
                 values = token_values(self.model, micro["sequences"], micro["attention_mask"], micro["response_mask"])
             loss, stats = clipped_value_loss(values, micro["values"], micro["returns"], micro["response_mask"],
@@ -87,6 +92,9 @@ class CriticWorker:
             weight = float(micro["response_mask"].sum()) / max(float(mask.sum()), 1.0)
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + (v if k == "value_loss" else v * weight)
+        if dp is not None:  # sums over the ranks' rows (the denominator above is the whole mini-batch's)
+            dp.all_reduce_grads(self.model)
+            stats_sum, loss_sum = dp.sum_stats(stats_sum), dp.sum(loss_sum)
         stats_sum["grad_norm"] = optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_clip, loss_sum,
                                                 scaler=self.precision.scaler, defer=defer)
         return stats_sum

@@ -33,34 +33,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from fastrlhf.algorithms.graphs import GRAPHS
 from fastrlhf.algorithms.losses.policy import mean_k3_kl
 from fastrlhf.config import Config, config_from_dict, save_config
 from fastrlhf.dataflow.executor import LocalExecutor
-from fastrlhf.errors import UserError
-from fastrlhf.model.hf_io import copy_tokenizer_files, load_model, load_model_and_tokenizer, save_model
-from fastrlhf.rollout.engine import RolloutEngine
-from fastrlhf.rollout.sampler import SamplingParams
+from fastrlhf.errors import UserError, WorkerLost
 from fastrlhf.telemetry.metrics import MetricsWriter, read_metrics
 from fastrlhf.telemetry.progress import Progress, phase
-from fastrlhf.train.checkpoint import (capture_rng, check_finite, latest_checkpoint, load_checkpoint, read_checkpoint_info,
-                                       restore_rng, save_checkpoint)
-from fastrlhf.train.data import pair_batch, prompt_batch, prompt_source
-from fastrlhf.train.evaluate import evaluate, evaluate_preference
+from fastrlhf.train.checkpoint import latest_checkpoint, read_checkpoint_info
+from fastrlhf.train.data import pair_batch, prompt_batch
 from fastrlhf.train.interrupt import GracefulStop, TrainingInterrupted
-from fastrlhf.train.optim import build_optimizer, build_scheduler
-from fastrlhf.updates import NonFiniteUpdate
 from fastrlhf.train.resume import check_resume_changes
-from fastrlhf.train.transaction import StepTransaction
+from fastrlhf.train.state import TrainingState
 from fastrlhf.train.watchdog import Watchdog
-from fastrlhf.model.device import resolve_device
-from fastrlhf.model.precision import RolloutCopy, resolve_precision
-from fastrlhf.train.build import build_critic, make_speculation, model_directory
-from fastrlhf.train.reward_workers import reward_worker
-from fastrlhf.train.workers import ActorWorker, ReferenceWorker
-
+from fastrlhf.updates import NonFiniteUpdate
 
 @dataclass
 class RunResult:
@@ -94,7 +79,7 @@ class Run:
 
     def __init__(self, config: Config, resume: bool, show_progress: bool = True):
         self.config, self.show_progress = config, show_progress
-        r, a, t = config.rollout, config.algorithm, config.train
+        t = config.train
         self.run_dir = Path(t.run_dir)
         self.resume_from = self._check_run_dir(resume)
         self.restarted = resume and self.resume_from is None  # --resume of a run that saved nothing yet
@@ -105,52 +90,20 @@ class Run:
             self.schedule_steps = int(extra.get("schedule_steps", saved_config["train"]["steps"] * t.mini_batches))
             self.resume_notes = check_resume_changes(config_from_dict(saved_config, str(self.resume_from / "config.yaml")),
                                                      config, self.schedule_steps)
-        torch.manual_seed(t.seed)
-        self.device = device = resolve_device(t.device, option="train.device")
-        self.model_dir = model_dir = model_directory(config)
-        self.model, self.tokenizer = load_model_and_tokenizer(model_dir, device=device)  # vocabularies checked
-        self.tokenizer_files = copy_tokenizer_files(model_dir)
-        # what the run builds follows from the algorithm's graph (its roles and data keys), not its name
-        self.needs_pairs = "sequences" in GRAPHS[a.name]().data_keys  # trains on tokenised pairs
-        self.source = prompt_source(config.task, t.seed, pairs=self.needs_pairs)
-        graph = GRAPHS[a.name](extra_reward_inputs=self.source.field_names, use_reference=a.kl_coef > 0)
-        self.params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
-                                     stop_token_ids=tuple(self.tokenizer.stop_token_ids()), n=r.samples_per_prompt)
-        self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay)
-        self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, self.schedule_steps, t.lr_decay)
-        self.precision = resolve_precision(config.model.dtype, device, sum(p.numel() for p in self.model.parameters()))
-        self.rollout = RolloutCopy(self.model, self.precision.dtype)  # the engine's weights (the master itself in fp32)
-        self.speculation = make_speculation(config, self.rollout.model, self.params)
-        self.engine = RolloutEngine(self.rollout.model, num_slots=r.num_slots, compile=r.compile,
-                                    speculator=self.speculation.speculator)
-        self.actor = ActorWorker(self.model, self.tokenizer, self.engine, self.params, self.optimizer, self.scheduler, a,
-                                 t.micro_batch_size, t.mini_batches, t.grad_clip, t.micro_batch_tokens, self.precision,
-                                 self.rollout)
-        workers = {"actor": self.actor}
-        if "reward" in graph.roles:
-            workers["reward"] = reward_worker(self.source.reward, self.source.field_names, config.task, device,
-                                              t.micro_batch_size, self.precision)
-        self.reference = None
-        if "ref" in graph.roles:
-            self.reference = ReferenceWorker.for_actor(self.precision.frozen(load_model(model_dir, device=device)), self.actor)
-            workers["ref"] = self.reference
-        self.critic = None
-        if "critic" in graph.roles:
-            self.critic = build_critic(config, self.model, self.tokenizer, self.source.reward, device, self.schedule_steps,
-                                       self.precision.dtype)
-            workers["critic"] = self.critic
-        self.reward_worker = workers.get("reward")
-        self.executor = LocalExecutor(graph, workers)
+        self.trainer = build_trainer(config, self.schedule_steps)  # models, optimizers, workers (train/state.py)
+        self.tokenizer, self.source, graph = self.trainer.tokenizer, self.trainer.source, self.trainer.graph
+        self.needs_pairs = "sequences" in graph.data_keys  # trains on tokenised pairs
+        self.executor = self.trainer.executor() if hasattr(self.trainer, "executor") else LocalExecutor(
+            graph, self.trainer.workers)
         self.start_step = self.current_step = 0
         self.data_position = 0  # prompts consumed so far
         self.nonfinite_skips = self.consecutive_skips = 0
         if self.resume_from is not None:
-            self._resume()
-        self.transaction = StepTransaction({"actor": (self.model, self.optimizer, self.scheduler), **self.companions()},
-                                           snapshots=t.atomic_steps)
-        self.actor.deferred = self.transaction.deferred  # their last update of a step applies at commit
-        if self.critic is not None:
-            self.critic.deferred = self.transaction.deferred
+            try:
+                self._resume()
+            except BaseException:
+                self.close()
+                raise
 
     def _check_run_dir(self, resume: bool) -> Path | None:
         """The checkpoint to resume from (None: start at step 0), or a UserError for a directory we must not use."""
@@ -165,37 +118,15 @@ class Run:
             raise UserError(f"{self.run_dir}: run directory exists and is not empty (use --resume {self.run_dir}, or train.run_dir=NEW_DIR)")
         return None
 
-    def companions(self) -> dict:
-        """Other trained models saved in each checkpoint (the PPO critic, a distilled draft model)."""
-        companions = self.speculation.companions()
-        if self.critic is not None:
-            companions["critic"] = (self.critic.model, self.critic.optimizer, self.critic.scheduler)
-        return companions
-
     def _resume(self) -> None:
-        step, rng, extra = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler,
-                                           companions=self.companions())
-        restore_rng(rng, str(self.resume_from / "rng.json"))
+        step, extra = self.trainer.load(self.resume_from)
         self.start_step = self.current_step = step
-        self.engine.policy_version = int(extra.get("policy_version", step))
         self.data_position = int(extra.get("data_position", step * self.config.train.prompts_per_step))
         self.nonfinite_skips = int(extra.get("nonfinite_skips", 0))
         self.consecutive_skips = int(extra.get("consecutive_skips", 0))
 
     def eval_metrics(self) -> dict[str, float]:
-        if self.source.name == "preference":
-            reference = self.reference.model if self.reference is not None else self._sft_model()
-            return evaluate_preference(self.model, self.tokenizer, self.source.eval_rows, reference, self.reward_worker,
-                                       self.config.rollout.max_new_tokens, num_slots=self.config.rollout.num_slots)
-        if not self.source.eval_rows:
-            return {}
-        return evaluate(self.model, self.tokenizer, self.source.eval_rows, self.reward_worker, self.source.field_names,
-                        self.config.rollout.max_new_tokens, num_slots=self.config.rollout.num_slots)
-
-    def _sft_model(self):
-        if getattr(self, "_initial_policy", None) is None:
-            self._initial_policy = load_model(self.model_dir, device=self.device).eval()
-        return self._initial_policy
+        return self.trainer.eval_metrics()
 
     def step(self, step: int) -> dict[str, float]:
         """Step `step` (0-based) on the next `prompts_per_step` prompts; the caller advances the data
@@ -207,12 +138,10 @@ class Run:
             data = pair_batch(rows, self.tokenizer)
         else:
             data = prompt_batch(rows, self.source.field_names)
-        self.actor.step_seed, self.actor.step = step_seed(t.seed, step), step
-        if self.critic is not None:
-            self.critic.step_seed = step_seed(t.seed, step)
+        self.trainer.set_step(step, step_seed(t.seed, step))
         started = time.perf_counter()
         result = self.executor.run(data)
-        metrics = self.speculation.after_step(step, result.batch, step_seed(t.seed, step))  # draft refresh, if due
+        metrics = self.trainer.after_step(step, result.batch, step_seed(t.seed, step))  # draft refresh, if due
         for call_stats in result.stats.values():
             metrics.update(call_stats)
         for name, seconds in result.seconds.items():
@@ -220,7 +149,7 @@ class Run:
         seconds = time.perf_counter() - started  # includes a draft refresh
         metrics["time/step"] = seconds
         metrics["tokens_per_s"] = float(result.batch["attention_mask"].sum()) / seconds
-        kl = sample_kl(result.batch) if self.actor.objective.uses_sampling_distribution else metrics.get("kl_ref")
+        kl = sample_kl(result.batch) if self.trainer.kl_from_samples else metrics.get("kl_ref")
         if kl is not None:
             metrics["kl"] = kl
         return metrics
@@ -229,14 +158,12 @@ class Run:
         """`step` as one transaction: committed, skipped (non-finite update: pre-step state kept, the
         step's prompts consumed) or, on any other failure, rolled back with a checkpoint of the
         completed steps before the error goes on."""
-        version = self.engine.policy_version
-        self.transaction.begin()
+        self.trainer.begin()
         try:
             metrics = self.step(step)
         except NonFiniteUpdate as bad:
-            if not self.transaction.rollback():
+            if not self.trainer.rollback():
                 raise self.torn_step(step, bad) from None
-            self.engine.policy_version = version
             self.nonfinite_skips += 1
             self.consecutive_skips += 1
             # only on a skipped step: the progress line then says so (telemetry/progress.py)
@@ -249,15 +176,16 @@ class Run:
                                        f"train.grad_clip, or check the reward scale")
                 self.save_before_failure(step + 1, error)
                 raise error from None
+        except WorkerLost as lost:  # a trainer rank (or every rollout worker) died: the last checkpoint stands
+            raise UserError(f"step {step + 1}: {lost}; {self.resume_hint()}") from None
         except BaseException as exc:
-            if not self.transaction.rollback():
+            if not self.trainer.rollback():
                 raise self.torn_step(step, exc) from exc
-            self.engine.policy_version = version
             self.save_before_failure(step, exc)
             raise
         else:
             try:
-                self.transaction.commit()
+                self.trainer.commit()
             except BaseException as exc:  # failed while applying the step's last updates: torn
                 raise self.torn_step(step, exc) from exc
             self.consecutive_skips = 0
@@ -266,11 +194,9 @@ class Run:
         return metrics
 
     def checkpoint(self, step: int) -> None:
-        extra = {"policy_version": self.engine.policy_version, "data_position": self.data_position,
-                 "schedule_steps": self.schedule_steps, "nonfinite_skips": self.nonfinite_skips,
-                 "consecutive_skips": self.consecutive_skips}
-        save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, capture_rng(), extra,
-                        self.config.to_yaml(), extra_files=self.tokenizer_files, companions=self.companions())
+        extra = {"data_position": self.data_position, "schedule_steps": self.schedule_steps,
+                 "nonfinite_skips": self.nonfinite_skips, "consecutive_skips": self.consecutive_skips}
+        self.trainer.save(self.run_dir, step, extra, self.config.to_yaml())
 
     def saved_step(self) -> int | None:
         saved = latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
@@ -306,8 +232,12 @@ class Run:
             exc.add_note(f"fastrlhf: {hint}")
 
     def export(self) -> Path:
-        check_finite(self.model)
-        return save_model(self.model, self.run_dir / "final", extra_files=self.tokenizer_files)
+        return self.trainer.export(self.run_dir / "final")
+
+    def close(self) -> None:
+        """Stop the run's workers (Ray actors; nothing for the local backend)."""
+        if hasattr(self.trainer, "close"):
+            self.trainer.close()
 
 
 def _logged_eval(run_dir: Path, step: int) -> dict[str, float]:
@@ -316,10 +246,28 @@ def _logged_eval(run_dir: Path, step: int) -> dict[str, float]:
     return {k: v for k, v in rows[-1].items() if k.startswith("eval/")} if rows else {}
 
 
+def build_trainer(config: Config, schedule_steps: int):
+    """The run's trained state: in this process (`runtime.backend=local`), or trainer ranks and
+    rollout workers as Ray actors behind the same methods (`ray`, runtime/)."""
+    if config.runtime.backend == "ray":
+        from fastrlhf.runtime.session import RaySession
+
+        return RaySession(config, schedule_steps)
+    return TrainingState(config, schedule_steps)
+
+
 def train(config: Config, resume: bool = False, show_progress: bool = True) -> RunResult:
     """Run (or resume) the configured training job; returns where things went and the evals."""
     started = time.perf_counter()
     run = Run(config, resume, show_progress)
+    try:
+        return _train(run, config, started)
+    finally:
+        run.close()
+
+
+def _train(run: "Run", config: Config, started: float) -> RunResult:
+    show_progress = run.show_progress
     t = config.train
     result = RunResult(run.run_dir, run.run_dir / "final")
     if run.restarted:  # a run killed before its first checkpoint: what it logged belongs to no saved step

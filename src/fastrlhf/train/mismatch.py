@@ -42,6 +42,19 @@ class Mismatch:
             self.ratio_min = min(self.ratio_min, float(ratio.min()))
             self.ratio_max = max(self.ratio_max, float(ratio.max()))
 
+    @classmethod
+    def merged(cls, parts: list["Mismatch"]) -> "Mismatch":
+        """The statistics over the union of the parts' tokens (data-parallel ranks)."""
+        total = cls()
+        for part in parts:
+            total.count += part.count
+            total.abs_sum += part.abs_sum
+            total.ratio_sum += part.ratio_sum
+            total.abs_max = max(total.abs_max, part.abs_max)
+            total.ratio_min = min(total.ratio_min, part.ratio_min)
+            total.ratio_max = max(total.ratio_max, part.ratio_max)
+        return total
+
     def stats(self) -> dict[str, float]:
         if self.count == 0:
             return {}

@@ -14,9 +14,10 @@ Honoured (the run continues exactly; only what the key names changes):
 - Bookkeeping that changes no number: `train.eval_every`, `train.checkpoint_every`,
   `train.hang_timeout`, `train.max_nonfinite_skips`, `train.run_dir`, `task.reward_timeout`,
   `task.reward_retries`, `task.reward_batch_size`, `task.eval_size`, `rollout.num_slots`,
-  `rollout.compile`, `train.atomic_steps`.
+  `rollout.compile`, `train.atomic_steps`, and every `runtime.*` key (which backend and how many
+  workers: samples are a function of the prompt's identity, not of the worker that draws them).
 - Same math, different arithmetic order (results equal up to float rounding, not bit for bit):
-  `train.micro_batch_size`, `train.micro_batch_tokens`, `train.device`; and `model.dtype` (the
+  `train.micro_batch_size`, `train.micro_batch_tokens`, `train.device`, `runtime.trainer_workers`; and `model.dtype` (the
   checkpoint holds fp32 master weights whatever the compute precision).
 - `task.reward` from one `http(s)://` server address to another (a reward server that moved).
 
@@ -37,6 +38,12 @@ HONOURED = frozenset({
     "train.atomic_steps", "model.dtype",
     "task.reward_timeout", "task.reward_retries", "task.reward_batch_size", "task.eval_size",
     "rollout.num_slots", "rollout.compile",
+    # where the calls run (docs/runtime.md): rollout tokens are the same on every backend and worker count;
+    # trainer ranks change only the order of the gradient sum
+    "runtime.backend", "runtime.address", "runtime.rollout_workers", "runtime.trainer_workers", "runtime.rollout_cpus",
+    "runtime.trainer_cpus", "runtime.rollout_gpus", "runtime.trainer_gpus", "runtime.balance",
+    "runtime.migrate_threshold", "runtime.round_seconds", "runtime.stream_scoring", "runtime.sync_bucket_mb",
+    "runtime.max_restarts",
 })
 
 

@@ -17,7 +17,9 @@ with the field names documented in `algorithms/graphs.py`; the executor never lo
 - `ReferenceWorker.inference`: frozen-model log-probs for the KL term / DPO.
 
 Critic and reward workers live in train/critic.py and train/reward_workers.py.
-Left out: sharded / remote workers (the runtime, later).
+With `data_parallel`, `ActorWorker.train` runs only this rank's rows of each mini-batch and sums
+gradients and statistics over the ranks (train/data_parallel.py).
+Left out: sharded (FSDP / tensor-parallel) workers.
 """
 
 from __future__ import annotations
@@ -49,15 +51,19 @@ class ActorWorker:
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, engine: RolloutEngine, params: SamplingParams,
                  optimizer: torch.optim.Optimizer, scheduler, algorithm, micro_batch_size: int,
                  mini_batches: int = 1, grad_clip: float = 0.0, micro_batch_tokens: int = 0,
-                 precision: Precision | None = None, rollout: RolloutCopy | None = None):
+                 precision: Precision | None = None, rollout: RolloutCopy | None = None, data_parallel=None):
         """`rollout`: the engine's low-precision copy of `model` (refreshed before each generate);
-        None when the engine decodes from `model` itself (fp32)."""
+        None when the engine decodes from `model` itself (fp32). `engine` may be None on a trainer
+        rank that only trains (runtime.backend=ray). `data_parallel`: this rank's
+        train/data_parallel.DataParallel, or None for one rank."""
         self.model, self.tokenizer, self.engine, self.params = model, tokenizer, engine, params
         self.optimizer, self.scheduler, self.algorithm = optimizer, scheduler, algorithm
         self.micro_batch_size, self.mini_batches, self.grad_clip = micro_batch_size, mini_batches, grad_clip
         self.micro_batch_tokens = micro_batch_tokens
         self.precision = precision or Precision(torch.float32, next(model.parameters()).device)
         self.rollout = rollout
+        self.data_parallel = data_parallel
+        self.policy_version = 0  # committed updates so far; every sample is tagged with the version that made it
         self.deferred: DeferredUpdates | None = None  # set by the loop: the step's last update applies at commit
         self.objective = OBJECTIVES[algorithm.name](algorithm)
         # π_old for the clipped ratio: recomputed by the trainer unless rollout and trainer are exact (fp32)
@@ -77,27 +83,13 @@ class ActorWorker:
         self.model.eval()
         if self.rollout is not None:
             self.rollout.refresh()  # the engine's copy gets this step's master weights
+        self.engine.policy_version = self.policy_version
         spec = self.engine.speculator
         before = dict(spec.stats.__dict__) if spec is not None else {}
         steps_before = len(getattr(spec, "chosen", []))
         seqs = self.engine.generate(prompt_ids, params)
         seconds = time.perf_counter() - started
-        responses = [s.token_ids for s in seqs]
-        sequences, attention_mask, response_mask = pack_sequences([s.prompt_ids for s in seqs], responses, self.tokenizer.pad_token_id)
-        logprobs = torch.zeros(sequences.shape, dtype=torch.float32)
-        for i, s in enumerate(seqs):
-            logprobs[i, s.prompt_len : s.prompt_len + len(s.token_ids)] = s.logprobs.cpu()
-        n_tokens = sum(len(r) for r in responses)
-        out = Batch({
-            "prompt_index": torch.tensor([s.prompt_index for s in seqs]),
-            "sequences": sequences,
-            "attention_mask": attention_mask,
-            "response_mask": response_mask,
-            "logprobs": logprobs,
-            "completions": [self.tokenizer.decode(r) for r in responses],
-        })
-        stats = {"response_length": n_tokens / len(seqs), "rollout_tokens_per_s": n_tokens / max(seconds, 1e-9),
-                 "truncated_fraction": sum(s.finish_reason == "length" for s in seqs) / len(seqs)}
+        out, stats = rollout_batch(seqs, self.tokenizer, seconds)
         if spec is not None:
             delta = {k: v - before[k] for k, v in spec.stats.__dict__.items()}
             stats["spec/gamma"] = spec.gamma
@@ -146,7 +138,7 @@ class ActorWorker:
                 totals[k] = totals.get(k, 0.0) + v / parts
             if m == 0:
                 totals.update(mismatch.stats())
-        self.engine.policy_version += 1
+        self.policy_version += 1
         if "advantages" in batch:
             mask = batch["response_mask"]
             totals["advantage_abs"] = float((batch["advantages"].abs() * mask).sum() / mask.sum().clamp(min=1))
@@ -159,21 +151,27 @@ class ActorWorker:
         Micro-batch losses are shares of the mini-batch loss (normalised by the mini-batch's token,
         sequence or pair count), so their sum is exactly the mini-batch loss whatever the micro-batch
         size or token budget. Micro-batches hold whole units (a DPO pair is two rows)."""
-        normaliser = self.objective.normaliser(mini)
+        normaliser = self.objective.normaliser(mini)  # over the whole mini-batch: the same on every rank
         self.optimizer.zero_grad(set_to_none=True)
         stats_sum: dict[str, float] = {}
         mismatch = Mismatch()
         loss_sum = torch.zeros(())
         device = mini["sequences"].device
-        for rows in micro_batch_rows(mini["attention_mask"], self.micro_batch_size, self.micro_batch_tokens,
-                                     self.objective.rows_per_unit):
-            micro = mini.select(rows.to(device))
+        unit, dp = self.objective.rows_per_unit, self.data_parallel
+        mine = mini if dp is None else mini.select(dp.my_rows(mini["attention_mask"], unit).to(device))
+        for rows in micro_batch_rows(mine["attention_mask"], self.micro_batch_size, self.micro_batch_tokens, unit):
+            micro = mine.select(rows.to(device))
             loss, stats = self._micro_loss(micro, normaliser, mismatch if check_logprobs else None)
             self.precision.backward(loss)
             loss_sum = loss_sum + loss.detach().cpu()
             weight = self.objective.stat_weight(micro, mini)
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + (v if k in SUMMED_STATS or k == OUTSIDE_SUPPORT else v * weight)
+        if dp is not None:  # the mini-batch gradient, statistics and loss are sums over the ranks' rows
+            dp.all_reduce_grads(self.model)
+            stats_sum = dp.sum_stats(stats_sum)
+            loss_sum = dp.sum(loss_sum)
+            mismatch = Mismatch.merged(dp.gather(mismatch))
         stats_sum["grad_norm"] = optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_clip, loss_sum,
                                                 scaler=self.precision.scaler, defer=defer)
         return stats_sum, mismatch
@@ -246,3 +244,25 @@ class ReferenceWorker:
         device = next(self.model.parameters()).device
         return Batch({"ref_logprobs": score_batch(self.model, batch.to(device), self.params, self.micro_batch_size,
                                                   self.micro_batch_tokens, self.precision)})
+
+
+def rollout_batch(seqs: list, tokenizer: Tokenizer, seconds: float) -> tuple[Batch, dict[str, float]]:
+    """Finished sequences (ordered by prompt, sample) → the generate call's output batch and stats
+    (algorithms/graphs.py fields): `prompt_index` is each sample's row in the call's prompt batch."""
+    responses = [s.token_ids for s in seqs]
+    sequences, attention_mask, response_mask = pack_sequences([s.prompt_ids for s in seqs], responses, tokenizer.pad_token_id)
+    logprobs = torch.zeros(sequences.shape, dtype=torch.float32)
+    for i, s in enumerate(seqs):
+        logprobs[i, s.prompt_len : s.prompt_len + len(s.token_ids)] = s.logprobs.cpu()
+    n_tokens = sum(len(r) for r in responses)
+    out = Batch({
+        "prompt_index": torch.tensor([s.prompt_index for s in seqs]),
+        "sequences": sequences,
+        "attention_mask": attention_mask,
+        "response_mask": response_mask,
+        "logprobs": logprobs,
+        "completions": [tokenizer.decode(r) for r in responses],
+    })
+    stats = {"response_length": n_tokens / len(seqs), "rollout_tokens_per_s": n_tokens / max(seconds, 1e-9),
+             "truncated_fraction": sum(s.finish_reason == "length" for s in seqs) / len(seqs)}
+    return out, stats

@@ -68,6 +68,7 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    values = values.detach()  # a statistic: float() of a graph-attached tensor warns
     mask = mask.to(values.dtype)
     return float((values * mask).sum() / mask.sum().clamp(min=1))
 

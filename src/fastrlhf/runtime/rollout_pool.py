@@ -1,0 +1,234 @@
+"""`RolloutPool`: the actor's `generate` call spread over N rollout workers (Ray actors).
+
+One call, in rounds (RLHFless §3.2 + RLHFSpec §1):
+1. **Assign** prompts to workers (runtime/pool.py): `runtime.balance=tokens` balances predicted
+   response tokens — n × the prompt's EWMA length, the running mean for a new prompt — by LPT;
+   `static` is the equal-count split in order.
+2. **Rounds**: every live worker runs its engine for about `runtime.round_seconds` (`advance`), in
+   parallel; the pool collects the finished sequences, hands each *complete prompt group* to
+   `on_groups` (streaming scoring, runtime/executor.py) and measures per-worker busy time.
+3. **Migrate** when the predicted remaining tokens are unbalanced past `runtime.migrate_threshold`
+   (`plan_migration`): in-flight sequences leave the loaded worker (`take`) with their tokens so far
+   and continue on the light one (`add`: re-prefill of prompt + tokens, same counter-based random
+   stream) — so a migrated sample is the sample it would have been.
+4. **Faults**: a worker that dies mid-call loses nothing the pool has not collected: every sequence
+   it held is re-run from scratch on the surviving workers (same seed → the same sample), Ray
+   restarts the actor (`runtime.max_restarts`) and the pool re-syncs its weights before it generates
+   again. Finished sequences are accepted once per (prompt, sample): none lost, none duplicated.
+
+Sequence identity is seq_id = prompt key × n + sample index, where the prompt key is the prompt's
+row in the step's batch and the seed is sequence_seed(step seed, key, sample): the same on every
+worker, so N workers produce the one-worker tokens.
+
+Idle time (the figure the balance benchmarks report): per worker, the call's wall time minus the
+time it spent in engine steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fastrlhf.config import Config
+from fastrlhf.errors import WorkerLost
+from fastrlhf.rollout.engine import sequence_seed
+from fastrlhf.rollout.sampler import SamplingParams
+from fastrlhf.rollout.sequence import Sequence
+from fastrlhf.runtime.pool import (Item, LengthPredictor, SeqLoad, WorkerLoad, assign_balanced, assign_static,
+                                   plan_migration, prompt_cost)
+from fastrlhf.runtime.rollout_worker import RolloutWorker
+
+
+@dataclass
+class CallStats:
+    """What one generate call measured (logged as rollout/*)."""
+
+    wall: float = 0.0
+    busy: list[float] = field(default_factory=list)
+    rounds: int = 0
+    migrated: int = 0
+    rerun: int = 0
+    restarts: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        idle = [max(0.0, self.wall - b) for b in self.busy]
+        return {"rollout/idle_s": sum(idle), "rollout/idle_max_s": max(idle, default=0.0),
+                "rollout/idle_fraction": sum(idle) / max(self.wall * len(self.busy), 1e-9),
+                "rollout/rounds": float(self.rounds), "rollout/migrated": float(self.migrated),
+                "rollout/rerun": float(self.rerun), "rollout/worker_restarts": float(self.restarts)}
+
+
+def _is_actor_death(exc: BaseException) -> bool:
+    import ray
+
+    return isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
+
+
+class RolloutPool:
+    def __init__(self, config: Config, rollout_dtype: str):
+        import ray
+
+        rt = config.runtime
+        self.config, self.runtime = config, rt
+        actor = ray.remote(RolloutWorker).options(num_cpus=rt.rollout_cpus, num_gpus=rt.rollout_gpus,
+                                                  max_restarts=rt.max_restarts, max_task_retries=0)
+        self.workers = [actor.remote(config.to_dict(), i, rt.rollout_cpus, rollout_dtype)
+                        for i in range(rt.rollout_workers)]
+        ray.get([w.info.remote() for w in self.workers])  # wait for the engines here: set-up, not the first sync
+        self.versions: list[int | None] = [None] * len(self.workers)
+        self.predictor = LengthPredictor(alpha=0.5, default=config.rollout.max_new_tokens / 2)
+        self.last = CallStats()
+        self.sync_log: list[tuple[int, float]] = []  # (bytes, seconds) of every worker's last loads
+
+    # ------------------------------------------------------------------ weights
+    def sync(self, version: int, publish) -> dict[str, float]:
+        """Bring every worker to the trainer's committed `version`. `publish()` → (version, refs,
+        bytes, pack seconds) packs it on trainer rank 0; it runs only when some worker is behind (a
+        new version, a restarted worker, a resume)."""
+        import ray
+
+        targets = [i for i, v in enumerate(self.versions) if v != version]
+        if not targets:
+            return {}
+        started = time.perf_counter()
+        published, refs, nbytes, pack_s = publish()
+        if published != version:
+            raise RuntimeError(f"weight sync: the trainer published version {published}, expected {version}")
+        calls = {i: self.workers[i].load_weights.remote(version, refs) for i in targets}
+        for i, ref in calls.items():
+            try:
+                ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a dead worker is named; anything else goes on
+                if _is_actor_death(exc):
+                    raise WorkerLost(f"rollout worker {i} died and could not be restarted "
+                                     f"(runtime.max_restarts={self.runtime.max_restarts})") from None
+                raise
+            self.versions[i] = version
+        wall = time.perf_counter() - started
+        self.sync_log.append((nbytes, wall))
+        return {"sync/mb": nbytes / 1e6, "sync/seconds": wall, "sync/pack_seconds": pack_s,
+                "sync/workers": float(len(targets)), "sync/mb_per_s": nbytes * len(targets) / 1e6 / max(wall, 1e-9)}
+
+    # ------------------------------------------------------------------ generate
+    def generate(self, prompts: list[list[int]], texts: list[str], params: SamplingParams, version: int,
+                 on_groups=None) -> list[Sequence]:
+        """n samples of every prompt (key = its index) → finished sequences ordered by (prompt, sample)."""
+        started = time.perf_counter()
+        n, rt = params.n, self.runtime
+        self.last = stats = CallStats(busy=[0.0] * len(self.workers))
+        template = {k * n + j: Sequence(k * n + j, list(p), k, j, sequence_seed(params.seed, k, j))
+                    for k, p in enumerate(prompts) for j in range(n)}
+        shares = self._assign(prompts, texts, n)
+        reserve = (min(self.config.rollout.num_slots, len(template)), max(len(p) for p in prompts) + params.max_new_tokens)
+        owner = {k * n + j: w for w, keys in enumerate(shares) for k in keys for j in range(n)}
+        live = set(range(len(self.workers)))
+        loads = self._call(live, stats, owner, template, lambda w: self.workers[w].start.remote(
+            [prompts[k] for k in shares[w]], shares[w], params, version, reserve))
+        finished: dict[int, Sequence] = {}
+        group_left = {k: n for k in range(len(prompts))}
+        while owner:
+            results = self._call(live, stats, owner, template, lambda w: self.workers[w].advance.remote(rt.round_seconds))
+            stats.rounds += 1
+            complete = []
+            for w, (done, load, busy) in results.items():
+                stats.busy[w] += busy
+                loads[w] = load
+                for seq in done:
+                    if seq.seq_id in finished or owner.get(seq.seq_id) != w:
+                        continue  # a duplicate from a worker the sequence was re-run away from
+                    finished[seq.seq_id] = seq
+                    del owner[seq.seq_id]
+                    group_left[seq.prompt_index] -= 1
+                    if group_left[seq.prompt_index] == 0:
+                        complete.append(seq.prompt_index)
+            if complete and on_groups is not None:
+                on_groups([finished[k * n + j] for k in sorted(complete) for j in range(n)])
+            if owner and rt.migrate_threshold > 0 and len(live) > 1:
+                self._migrate(live, loads, owner, template, stats, texts, n)
+        for w in live:
+            self.workers[w].finish.remote()
+        for k, text in enumerate(texts):
+            for j in range(n):
+                self.predictor.observe(text, len(finished[k * n + j].token_ids))
+        stats.wall = time.perf_counter() - started
+        return [finished[i] for i in sorted(finished)]
+
+    def _assign(self, prompts: list[list[int]], texts: list[str], n: int) -> list[list[int]]:
+        workers = len(self.workers)
+        items = [Item(k, prompt_cost(n, self.predictor.predict(t), len(p))) for k, (p, t) in enumerate(zip(prompts, texts))]
+        if self.runtime.balance == "static":
+            return assign_static(items, workers)
+        return assign_balanced(items, workers)
+
+    def _call(self, live: set[int], stats: CallStats, owner: dict, template: dict, make_ref) -> dict:
+        """One remote call per live worker, in parallel → {worker: result}. A worker that died has
+        its sequences re-run on the survivors; it leaves `live` for the rest of this call."""
+        import ray
+
+        refs = {w: make_ref(w) for w in sorted(live)}
+        results = {}
+        for w, ref in refs.items():
+            try:
+                results[w] = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001
+                if not _is_actor_death(exc):
+                    raise
+                self._lose_worker(w, live, stats, owner, template)
+        return results
+
+    def _lose_worker(self, w: int, live: set[int], stats: CallStats, owner: dict, template: dict) -> None:
+        import ray
+
+        live.discard(w)
+        self.versions[w] = None  # restarted by Ray with fresh weights: re-synced before it generates again
+        stats.restarts += 1
+        lost = sorted(i for i, at in owner.items() if at == w)
+        if not live:
+            raise WorkerLost(f"every rollout worker died (the last was worker {w}); nothing was lost that a "
+                             f"resume cannot redo")
+        if not lost:
+            return
+        items = [Item(i, 1.0) for i in lost]
+        targets = sorted(live)
+        for dst, ids in zip(targets, assign_balanced(items, len(targets))):
+            if not ids:
+                continue
+            fresh = [_fresh(template[i]) for i in ids]
+            ray.get(self.workers[dst].add.remote(fresh))
+            for i in ids:
+                owner[i] = dst
+            stats.rerun += len(ids)
+
+    def _migrate(self, live: set[int], loads: dict, owner: dict, template: dict, stats: CallStats,
+                 texts: list[str], n: int) -> None:
+        import ray
+
+        worker_loads = []
+        for w in sorted(live):
+            load = loads[w]
+            seqs = [SeqLoad(s["seq_id"], s["generated"],
+                            max(1.0, self.predictor.predict(texts[s["prompt_index"]]) - s["generated"]),
+                            s["prompt_len"] + s["generated"]) for s in load["sequences"]]
+            worker_loads.append(WorkerLoad(w, seqs, load["free_slots"]))
+        moves = plan_migration(worker_loads, self.runtime.migrate_threshold)
+        by_pair: dict[tuple[int, int], list[int]] = {}
+        for m in moves:
+            by_pair.setdefault((m.src, m.dst), []).append(m.seq_id)
+        for (src, dst), ids in by_pair.items():
+            taken = ray.get(self.workers[src].take.remote(ids))
+            if taken:
+                ray.get(self.workers[dst].add.remote(taken))
+                for seq in taken:
+                    owner[seq.seq_id] = dst
+                stats.migrated += len(taken)
+
+    def close(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+
+
+def _fresh(seq: Sequence) -> Sequence:
+    """A not-yet-started copy of a sequence (re-run after its worker died)."""
+    return Sequence(seq.seq_id, list(seq.prompt_ids), seq.prompt_index, seq.sample_index, seq.seed)

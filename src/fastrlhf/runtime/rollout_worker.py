@@ -1,0 +1,112 @@
+"""`RolloutWorker`: one rollout engine in its own process (a Ray actor), driven in rounds by the pool.
+
+It holds the policy in the rollout precision, the engine (rollout/engine.py) and the speculator
+(`rollout.speculative=ngram|off`), and receives its weights only through `load_weights` (versioned,
+checksummed: runtime/weights.py). A generate call is a conversation with the pool
+(runtime/rollout_pool.py) rather than one blocking call, so the pool can watch the load, move
+in-flight sequences between workers and collect finished groups while the rest still generate:
+
+    start(prompts, keys, params, version, reserve)   the worker's share of a step's prompts
+    advance(seconds) -> finished, load, busy          run engine steps for about `seconds`
+    take(seq_ids) -> sequences                        give up unfinished sequences (migration)
+    add(sequences)                                    continue sequences from another worker
+    finish()                                          free the KV cache (the step's generation ended)
+
+Ray runs an actor's methods one at a time, so a weight load can never interleave with an engine
+step: a worker generates from exactly one version, and `start` refuses a version other than the
+one it holds. Samples depend only on (step seed, prompt key, sample index, token position) —
+sampler.uniforms — never on which worker draws them.
+
+This module imports no Ray: the class is made a Ray actor by runtime/rollout_pool.py.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from fastrlhf.config import config_from_dict
+from fastrlhf.model.device import resolve_device
+from fastrlhf.model.hf_io import load_model
+from fastrlhf.rollout.engine import RolloutEngine
+from fastrlhf.rollout.sampler import SamplingParams
+from fastrlhf.runtime.weights import Bucket, WeightReceiver
+from fastrlhf.train.build import make_speculation, model_directory
+
+
+class RolloutWorker:
+    def __init__(self, config: dict, index: int, threads: int, rollout_dtype: str):
+        """`rollout_dtype`: the trainer's rollout precision (e.g. "bfloat16"), decided once by trainer
+        rank 0 so that every worker holds the weights in the same dtype."""
+        torch.set_num_threads(threads)
+        self.index = index
+        self.config = config = config_from_dict(config)
+        device = resolve_device(config.train.device, option="train.device")
+        model = load_model(model_directory(config), device=device)  # shapes only: weights arrive by sync
+        model = model.to(getattr(torch, rollout_dtype)).eval()
+        r = config.rollout
+        params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                max_new_tokens=r.max_new_tokens, n=r.samples_per_prompt)
+        self.speculation = make_speculation(config, model, params)
+        self.engine = RolloutEngine(model, num_slots=r.num_slots, compile=r.compile,
+                                    speculator=self.speculation.speculator)
+        self.receiver = WeightReceiver(model, version=None)  # no version until the first sync
+        self.pid = os.getpid()
+
+    # ------------------------------------------------------------------ weights
+    def load_weights(self, version: int, buckets: list) -> float:
+        """Version `version` from the object store (a list of ObjectRefs of `Bucket`s, or the buckets
+        themselves); returns the seconds spent receiving, verifying and copying."""
+        import ray
+
+        started = time.perf_counter()
+        if buckets and not isinstance(buckets[0], Bucket):
+            buckets = ray.get(list(buckets))
+        self.receiver.load(buckets, version)
+        return time.perf_counter() - started
+
+    def version(self) -> int | None:
+        return self.receiver.version
+
+    def info(self) -> dict:
+        return {"pid": self.pid, "version": self.receiver.version, "index": self.index,
+                "threads": torch.get_num_threads()}
+
+    # ------------------------------------------------------------------ one generate call, in rounds
+    @torch.no_grad()
+    def start(self, prompts: list[list[int]], keys: list[int], params: SamplingParams, version: int,
+              reserve: tuple[int, int]) -> dict:
+        if self.receiver.version != version:
+            raise RuntimeError(f"rollout worker {self.index} holds weights version {self.receiver.version}, "
+                               f"asked to generate with version {version}")
+        self.engine.policy_version = version
+        self.engine.start(prompts, params, keys=keys, reserve=reserve)
+        return self.engine.load()
+
+    @torch.no_grad()
+    def advance(self, seconds: float) -> tuple[list, dict, float]:
+        """Engine steps for about `seconds` (at least one while work is left) → (finished sequences
+        since the last call, the load after, busy seconds)."""
+        started = time.perf_counter()
+        scheduler = self.engine.scheduler
+        while not scheduler.done:
+            self.engine.step()
+            if time.perf_counter() - started >= seconds:
+                break
+        busy = time.perf_counter() - started
+        finished, self.engine.finished = self.engine.finished, []
+        return finished, self.engine.load(), busy
+
+    def take(self, seq_ids: list[int]) -> list:
+        return self.engine.take(seq_ids=seq_ids)
+
+    @torch.no_grad()
+    def add(self, sequences: list) -> dict:
+        self.engine.add(sequences)
+        return self.engine.load()
+
+    def finish(self) -> None:
+        if not self.engine.compile:
+            self.engine.release()
