@@ -382,3 +382,17 @@ def test_add_errors(model, reference):
         B.add([finished])
     with pytest.raises(UserError, match="call start first"):
         RolloutEngine(model).add(taken)
+
+
+def test_scheduler_withdraw_and_budget_of_migrated_sequences():
+    from fastrlhf.rollout.scheduler import Scheduler
+    from fastrlhf.rollout.sequence import Sequence
+
+    sched = Scheduler(num_slots=2, max_prefill_tokens=10)
+    fresh, moved, other = Sequence(0, [1] * 4), Sequence(1, [1] * 4, token_ids=[2] * 5), Sequence(2, [1] * 3)
+    assert (fresh.prefill_len, moved.prefill_len, moved.prefill_ids) == (4, 8, [1] * 4 + [2] * 4)
+    for s in (fresh, moved, other):
+        sched.add(s)
+    assert sched.admit() == [fresh]  # 4 + 8 > 10: the migrated one waits for the next step's budget
+    sched.withdraw([fresh, other])  # one running, one waiting (matched by identity)
+    assert fresh.slot is None and list(sched.waiting) == [moved] and sched.running == {} and sorted(sched.free) == [0, 1]

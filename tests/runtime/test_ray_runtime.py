@@ -111,7 +111,8 @@ def test_a_killed_rollout_worker_is_rerun_elsewhere_then_restarted_and_resynced(
 
     monkeypatch.setattr(RolloutPool, "_call", kill_worker_0_after_its_first_round)
     local = TrainingState(load_config(None, overrides(tmp_path / "l")), schedule_steps=10)
-    config = load_config(None, overrides(tmp_path / "r", extra=ray_overrides(2, extra=["runtime.migrate_threshold=0"])))
+    config = load_config(None, overrides(tmp_path / "r", extra=ray_overrides(2, extra=["runtime.migrate_threshold=0",
+                                                                                      "runtime.round_seconds=0.001"])))
     session = RaySession(config, schedule_steps=10)
     try:
         actor = session.workers["actor"]

@@ -11,7 +11,6 @@ pools a library starts on import, and each worker sets `torch.set_num_threads` i
 
 from __future__ import annotations
 
-import os
 
 from fastrlhf.errors import UserError
 

@@ -36,7 +36,7 @@ from fastrlhf.rollout.sampler import SamplingParams
 from fastrlhf.rollout.sequence import Sequence
 from fastrlhf.runtime.pool import (Item, LengthPredictor, SeqLoad, WorkerLoad, assign_balanced, assign_static,
                                    plan_migration, prompt_cost)
-from fastrlhf.runtime.rollout_worker import RolloutWorker
+from fastrlhf.runtime.rollout_worker import RolloutWorker, WorkerRestarted
 
 
 @dataclass
@@ -59,9 +59,12 @@ class CallStats:
 
 
 def _is_actor_death(exc: BaseException) -> bool:
+    """The worker died, or was restarted by Ray and lost the call's engine state."""
     import ray
 
-    return isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
+    if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):
+        return True
+    return isinstance(exc, ray.exceptions.RayTaskError) and isinstance(getattr(exc, "cause", None), WorkerRestarted)
 
 
 class RolloutPool:
@@ -78,6 +81,7 @@ class RolloutPool:
         self.versions: list[int | None] = [None] * len(self.workers)
         self.predictor = LengthPredictor(alpha=0.5, default=config.rollout.max_new_tokens / 2)
         self.last = CallStats()
+        self.call_id = 0
         self.sync_log: list[tuple[int, float]] = []  # (bytes, seconds) of every worker's last loads
 
     # ------------------------------------------------------------------ weights
@@ -85,8 +89,6 @@ class RolloutPool:
         """Bring every worker to the trainer's committed `version`. `publish()` → (version, refs,
         bytes, pack seconds) packs it on trainer rank 0; it runs only when some worker is behind (a
         new version, a restarted worker, a resume)."""
-        import ray
-
         targets = [i for i, v in enumerate(self.versions) if v != version]
         if not targets:
             return {}
@@ -96,18 +98,31 @@ class RolloutPool:
             raise RuntimeError(f"weight sync: the trainer published version {published}, expected {version}")
         calls = {i: self.workers[i].load_weights.remote(version, refs) for i in targets}
         for i, ref in calls.items():
-            try:
-                ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - a dead worker is named; anything else goes on
-                if _is_actor_death(exc):
-                    raise WorkerLost(f"rollout worker {i} died and could not be restarted "
-                                     f"(runtime.max_restarts={self.runtime.max_restarts})") from None
-                raise
+            self._await_load(i, ref, version, refs)
             self.versions[i] = version
         wall = time.perf_counter() - started
         self.sync_log.append((nbytes, wall))
         return {"sync/mb": nbytes / 1e6, "sync/seconds": wall, "sync/pack_seconds": pack_s,
                 "sync/workers": float(len(targets)), "sync/mb_per_s": nbytes * len(targets) / 1e6 / max(wall, 1e-9)}
+
+    def _await_load(self, i: int, ref, version: int, refs: list, patience: float = 120.0) -> None:
+        """Wait for worker i's weight load; a worker Ray is still restarting is retried until
+        `patience` seconds have passed, then the run stops (WorkerLost) naming it."""
+        import ray
+
+        deadline = time.perf_counter() + patience
+        while True:
+            try:
+                ray.get(ref)
+                return
+            except Exception as exc:  # noqa: BLE001 - only a dead / restarting worker is retried
+                if not _is_actor_death(exc):
+                    raise
+                if time.perf_counter() > deadline:
+                    raise WorkerLost(f"rollout worker {i} died and was not back after {patience:.0f} s "
+                                     f"(runtime.max_restarts={self.runtime.max_restarts})") from None
+                time.sleep(0.5)
+                ref = self.workers[i].load_weights.remote(version, refs)
 
     # ------------------------------------------------------------------ generate
     def generate(self, prompts: list[list[int]], texts: list[str], params: SamplingParams, version: int,
@@ -115,6 +130,8 @@ class RolloutPool:
         """n samples of every prompt (key = its index) → finished sequences ordered by (prompt, sample)."""
         started = time.perf_counter()
         n, rt = params.n, self.runtime
+        self.call_id += 1
+        call = self.call_id
         self.last = stats = CallStats(busy=[0.0] * len(self.workers))
         template = {k * n + j: Sequence(k * n + j, list(p), k, j, sequence_seed(params.seed, k, j))
                     for k, p in enumerate(prompts) for j in range(n)}
@@ -123,11 +140,11 @@ class RolloutPool:
         owner = {k * n + j: w for w, keys in enumerate(shares) for k in keys for j in range(n)}
         live = set(range(len(self.workers)))
         loads = self._call(live, stats, owner, template, lambda w: self.workers[w].start.remote(
-            [prompts[k] for k in shares[w]], shares[w], params, version, reserve))
+            call, [prompts[k] for k in shares[w]], shares[w], params, version, reserve))
         finished: dict[int, Sequence] = {}
         group_left = {k: n for k in range(len(prompts))}
         while owner:
-            results = self._call(live, stats, owner, template, lambda w: self.workers[w].advance.remote(rt.round_seconds))
+            results = self._call(live, stats, owner, template, lambda w: self.workers[w].advance.remote(call, rt.round_seconds))
             stats.rounds += 1
             complete = []
             for w, (done, load, busy) in results.items():
@@ -194,7 +211,7 @@ class RolloutPool:
             if not ids:
                 continue
             fresh = [_fresh(template[i]) for i in ids]
-            ray.get(self.workers[dst].add.remote(fresh))
+            ray.get(self.workers[dst].add.remote(self.call_id, fresh))
             for i in ids:
                 owner[i] = dst
             stats.rerun += len(ids)
@@ -215,9 +232,9 @@ class RolloutPool:
         for m in moves:
             by_pair.setdefault((m.src, m.dst), []).append(m.seq_id)
         for (src, dst), ids in by_pair.items():
-            taken = ray.get(self.workers[src].take.remote(ids))
+            taken = ray.get(self.workers[src].take.remote(self.call_id, ids))
             if taken:
-                ray.get(self.workers[dst].add.remote(taken))
+                ray.get(self.workers[dst].add.remote(self.call_id, taken))
                 for seq in taken:
                     owner[seq.seq_id] = dst
                 stats.migrated += len(taken)

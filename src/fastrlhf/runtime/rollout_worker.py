@@ -6,15 +6,16 @@ checksummed: runtime/weights.py). A generate call is a conversation with the poo
 (runtime/rollout_pool.py) rather than one blocking call, so the pool can watch the load, move
 in-flight sequences between workers and collect finished groups while the rest still generate:
 
-    start(prompts, keys, params, version, reserve)   the worker's share of a step's prompts
-    advance(seconds) -> finished, load, busy          run engine steps for about `seconds`
-    take(seq_ids) -> sequences                        give up unfinished sequences (migration)
-    add(sequences)                                    continue sequences from another worker
+    start(call, prompts, keys, params, version, reserve)   the worker's share of a step's prompts
+    advance(call, seconds) -> finished, load, busy          engine steps for about `seconds`
+    take(call, seq_ids) -> sequences                        give up unfinished sequences (migration)
+    add(call, sequences)                                    continue sequences from another worker
     finish()                                          free the KV cache (the step's generation ended)
 
 Ray runs an actor's methods one at a time, so a weight load can never interleave with an engine
 step: a worker generates from exactly one version, and `start` refuses a version other than the
-one it holds. Samples depend only on (step seed, prompt key, sample index, token position) —
+one it holds. Every call of a conversation carries its call id: a worker that Ray restarted meanwhile
+(fresh process, no engine state) answers `WorkerRestarted` instead of a wrong result. Samples depend only on (step seed, prompt key, sample index, token position) —
 sampler.uniforms — never on which worker draws them.
 
 This module imports no Ray: the class is made a Ray actor by runtime/rollout_pool.py.
@@ -36,6 +37,11 @@ from fastrlhf.runtime.weights import Bucket, WeightReceiver
 from fastrlhf.train.build import make_speculation, model_directory
 
 
+class WorkerRestarted(RuntimeError):
+    """A call of a generate conversation reached a worker that Ray restarted since it began: the
+    engine state of that conversation is gone (the pool re-runs the worker's sequences elsewhere)."""
+
+
 class RolloutWorker:
     def __init__(self, config: dict, index: int, threads: int, rollout_dtype: str):
         """`rollout_dtype`: the trainer's rollout precision (e.g. "bfloat16"), decided once by trainer
@@ -54,6 +60,7 @@ class RolloutWorker:
                                     speculator=self.speculation.speculator)
         self.receiver = WeightReceiver(model, version=None)  # no version until the first sync
         self.pid = os.getpid()
+        self.call_id: int | None = None  # the generate conversation this worker is in
 
     # ------------------------------------------------------------------ weights
     def load_weights(self, version: int, buckets: list) -> float:
@@ -76,19 +83,26 @@ class RolloutWorker:
 
     # ------------------------------------------------------------------ one generate call, in rounds
     @torch.no_grad()
-    def start(self, prompts: list[list[int]], keys: list[int], params: SamplingParams, version: int,
+    def start(self, call_id: int, prompts: list[list[int]], keys: list[int], params: SamplingParams, version: int,
               reserve: tuple[int, int]) -> dict:
         if self.receiver.version != version:
             raise RuntimeError(f"rollout worker {self.index} holds weights version {self.receiver.version}, "
                                f"asked to generate with version {version}")
         self.engine.policy_version = version
         self.engine.start(prompts, params, keys=keys, reserve=reserve)
+        self.call_id = call_id
         return self.engine.load()
 
+    def _check_call(self, call_id: int) -> None:
+        if self.call_id != call_id:
+            raise WorkerRestarted(f"rollout worker {self.index} (pid {self.pid}) is not in generate call {call_id}: "
+                                  f"it was restarted")
+
     @torch.no_grad()
-    def advance(self, seconds: float) -> tuple[list, dict, float]:
+    def advance(self, call_id: int, seconds: float) -> tuple[list, dict, float]:
         """Engine steps for about `seconds` (at least one while work is left) → (finished sequences
         since the last call, the load after, busy seconds)."""
+        self._check_call(call_id)
         started = time.perf_counter()
         scheduler = self.engine.scheduler
         while not scheduler.done:
@@ -99,14 +113,17 @@ class RolloutWorker:
         finished, self.engine.finished = self.engine.finished, []
         return finished, self.engine.load(), busy
 
-    def take(self, seq_ids: list[int]) -> list:
+    def take(self, call_id: int, seq_ids: list[int]) -> list:
+        self._check_call(call_id)
         return self.engine.take(seq_ids=seq_ids)
 
     @torch.no_grad()
-    def add(self, sequences: list) -> dict:
+    def add(self, call_id: int, sequences: list) -> dict:
+        self._check_call(call_id)
         self.engine.add(sequences)
         return self.engine.load()
 
     def finish(self) -> None:
+        self.call_id = None
         if not self.engine.compile:
             self.engine.release()
