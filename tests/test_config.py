@@ -160,7 +160,7 @@ def test_snapshot_round_trip(tmp_path):
     assert load_config(path) == config
     assert config_from_dict(config.to_dict()) == config
     assert sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]  # no temp left
-    assert set(config.to_dict()) == {"model", "task", "rollout", "algorithm", "train"}
+    assert set(config.to_dict()) == {"model", "task", "rollout", "algorithm", "train", "runtime"}
 
 
 def test_every_key_is_described_with_help():

@@ -11,11 +11,23 @@ Sample migration (between engines with the same weights and sampling params, e.g
 its workers): between two `step()`s, `take` removes unfinished sequences — waiting, or running with
 their tokens and log-probs so far — and `add` queues them into another started engine (`start` with
 `reserve=` sizes a worker's cache for sequences it will only receive). A partly generated sequence
-is *re-prefilled* on admission: its prompt + tokens so far but the last go through `_prefill`
-with no sampling, its outputs are restored into its slot, and its next decode feeds its last
-token. Randomness is counter-based (seed, token index), so a migrated sequence samples the same
-tokens it would have without moving (log-probs equal up to fp32 reduction order: re-prefill runs
-its tokens in one causal pass instead of one decode step each). `load()` is what a pool balances on.
+moves in one of two modes (RLHFSpec's: the caller's cost model picks, e.g. runtime/pool.py's
+`MigrationCost`):
+- *re-prefill* (tokens only, the default): on admission its prompt + tokens so far but the last go
+  through `_prefill` with no sampling, its outputs are restored into its slot, and its next decode
+  feeds its last token. Costs one prefill of prompt + tokens so far on the destination; moves
+  ~12 bytes per token (id, log-prob).
+- *KV* (`take(with_kv=True)`): it also carries its slot's live K/V rows [0, prompt + generated − 1)
+  as one CPU tensor `Sequence.kv` [layers, 2, length, kv_heads, head_dim] in the cache dtype
+  (sequence.py). On admission `_write_kv` copies them into its new slot — no forward pass — and sets
+  the same state the re-prefill path sets. Moves length × `kv_bytes_per_token()` bytes (2 × layers ×
+  kv_heads × head_dim × dtype bytes per token, `ModelConfig.kv_bytes_per_token`); the K/V is
+  bitwise the source's. `add` checks it against this cache (layers, kv heads, head dim, dtype) and
+  the sequence's length before queueing anything.
+One admission may mix fresh, re-prefilled and KV sequences. Randomness is counter-based (seed, token
+index), so a migrated sequence samples the same tokens it would have without moving (log-probs equal
+up to fp32 reduction order: re-prefill runs its tokens in one causal pass instead of one decode step
+each; with KV only the destination's decode batch differs). `load()` is what a pool balances on.
 Identity: `start(keys=)` names the prompts (`prompt_index`; seq_id = key · n + sample; the default
 seed); a pool that gives each prompt its own key gets seq_ids unique across its engines.
 
@@ -33,7 +45,8 @@ Cache invariant (kv_cache.py): slot s holds live K/V at positions [0, lengths[s]
 ≥ lengths[s] is dead — masked by position and rewritten before it is read. Every write that is not a
 sequence's own next token (speculative drafts, the static decode's idle slots) goes to dead positions.
 A slot freed by `take` is like one freed by a finish: its old K/V is dead for the next admission,
-whose (re-)prefill rewrites [0, fed length) and sets the slot's length, counters and seed.
+whose (re-)prefill rewrites [0, fed length) — or whose carried K/V is written to [0, its length) —
+and sets the slot's length, counters and seed; `take(with_kv=True)` copies only [0, length).
 
 The decode hot path, written for a GPU:
 - host syncs: one per plain decode step, the stop check in `_commit` (`done.any()`), plus one copy
@@ -59,14 +72,18 @@ flash SDPA in prefill, that the remaining syncs are the only ones `torch.cuda.se
 would report, and any speed-up.
 
 Left out: paged attention, compiling the prefill and the speculative verify pass; for migration,
-shipping a slot's K/V rows instead of re-prefilling (a re-prefill costs one prefill of prompt +
-tokens so far), moving a speculator's drafter state with a sequence (a drafter relearns the text of
-a sequence it has not seen from its context; the tokens do not depend on it with a deterministic
-drafter), and the transport between processes (sequences are plain data: lists and a CPU tensor).
+choosing the mode (the caller's cost model does), moving a speculator's drafter state with a sequence
+(a drafter relearns the text of a sequence it has not seen from its context; the tokens do not depend
+on it with a deterministic drafter), shipping K/V between caches of different dtypes or layouts
+(refused; no conversion or quantisation), device-to-device copies (K/V goes through host memory: one
+device → host copy at `take`, one pinned host → device copy at admission), a waiting sequence's K/V
+(it has none unless it was added with some), and the transport between processes (sequences are
+plain data: lists and CPU tensors).
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Sequence as Seq
 
 import torch
@@ -185,7 +202,7 @@ class RolloutEngine:
         return seqs
 
     @torch.no_grad()
-    def take(self, seq_ids: Seq[int] | None = None, count: int | None = None) -> list[Sequence]:
+    def take(self, seq_ids: Seq[int] | None = None, count: int | None = None, with_kv: bool = False) -> list[Sequence]:
         """Remove unfinished sequences from this engine (between two `step()`s) and return them.
 
         `seq_ids`: those sequences, in that order (an id that is finished or not here raises).
@@ -195,7 +212,13 @@ class RolloutEngine:
         highest slot, so the running set stays packed at the front of the cache). Neither: all.
         A taken running sequence frees its slot and carries its state so far: `token_ids` (list),
         `logprobs` (fp32 CPU, same length), `finish_reason` None, with its seed, prompt and indices;
-        `add` on an engine with the same weights continues it (two device → host copies)."""
+        `add` on an engine with the same weights continues it (two device → host copies).
+        `with_kv`: a taken running sequence also carries its slot's live K/V in `kv` (see
+        sequence.py for the layout: [layers, 2, kv_len, kv_heads, head_dim], CPU, cache dtype;
+        kv_len × `kv_bytes_per_token()` bytes; one more device → host copy for all of them), so the
+        next engine writes it instead of re-prefilling. A waiting sequence carries none — unless it
+        was added here with one and is not admitted yet: `with_kv` keeps that, without it is dropped
+        (the sequence is then re-prefilled wherever it goes)."""
         self._require_started("take")
         if seq_ids is not None and count is not None:
             raise UserError("take: pass seq_ids or count, not both")
@@ -208,21 +231,37 @@ class RolloutEngine:
             chosen = self._pick(count, here)
         else:
             chosen = list(here.values())
-        self._snapshot([s for s in chosen if s.slot is not None])
+        running = [s for s in chosen if s.slot is not None]
+        self._snapshot(running)
+        if with_kv:
+            self._snapshot_kv(running)
+        else:
+            for seq in chosen:
+                seq.kv = None
         for seq in chosen:
             self._just_admitted.discard(seq.slot)
         self.scheduler.withdraw(chosen)
         return chosen
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K/V one token of a sequence occupies in this engine's cache — what `take(with_kv=
+        True)` moves per position: 2 × layers × kv_heads × head_dim × dtype bytes
+        (`ModelConfig.kv_bytes_per_token`), e.g. for a pool's `MigrationCost`."""
+        return self.model.config.kv_bytes_per_token(self.dtype.itemsize)
 
     @torch.no_grad()
     def add(self, seqs: Seq[Sequence]) -> None:
         """Queue sequences taken from an engine with the same weights and sampling params (after
         `start`; they wait behind the queue). A fresh one (no tokens) is prefilled and sampled as
         usual; a partly generated one (k ≥ 1 tokens) is re-prefilled at admission and continues with
-        token k (see `_prefill`). Everything is checked before anything is queued: a sequence that is
-        finished, still in a slot, already in this engine, or that cannot fit the cache (prompt +
-        max_new_tokens > positions per slot) raises. Its `policy_version` is kept (the weights are
-        the same); seq ids must be unique in the engine (see `start`'s keys)."""
+        token k (see `_prefill`) — or, if it carries its K/V (`take(with_kv=True)`), admitted with no
+        forward pass: the K/V is written into its slot (`_write_kv`) and it continues the same way.
+        Everything is checked before anything is queued: a sequence that is finished, still in a
+        slot, already in this engine, that cannot fit the cache (prompt + max_new_tokens > positions
+        per slot), or whose `kv` does not match this engine's cache (layers, K/V, kv heads, head dim,
+        dtype) or its own length (prompt + tokens − 1) raises. Its `policy_version` is kept (the
+        weights are the same); seq ids must be unique in the engine (see `start`'s keys). A carried
+        `kv` stays on the host until admission."""
         self._require_started("add")
         seqs = list(seqs)
         known = set(self._unfinished()) | {s.seq_id for s in self.finished}
@@ -251,11 +290,16 @@ class RolloutEngine:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Admit and prefill waiting sequences, then decode one token for every running sequence
-        (without autograd also when called directly, as a worker that migrates sequences does)."""
+        """Admit waiting sequences — prefill the fresh and re-prefilled ones, write the K/V of those
+        that carry it — then decode one token for every running sequence (without autograd also
+        when called directly, as a worker that migrates sequences does)."""
         admitted = self.scheduler.admit()
-        if admitted:
-            self._prefill(admitted)
+        fed = [s for s in admitted if s.kv is None]
+        shipped = [s for s in admitted if s.kv is not None]
+        if fed:
+            self._prefill(fed)
+        if shipped:
+            self._write_kv(shipped)  # after `_prefill`: it resets the just-admitted set
         decoding = [s for s in self.scheduler.active_slots() if s not in self._just_admitted]
         self._just_admitted = set()
         if decoding:
@@ -324,6 +368,19 @@ class RolloutEngine:
         for i, (seq, (n, *out)) in enumerate(zip(running, rows)):
             seq.token_ids, seq.logprobs, seq.finish_reason = out[:n], logprobs[i, :n].clone(), None
 
+    def _snapshot_kv(self, running: list[Sequence]) -> None:
+        """Copy the running sequences' live K/V [0, kv_len) out of their slots (after `_snapshot`
+        set their tokens): one gather per layer and K/V, one device → host copy, then one compact
+        [layers, 2, kv_len, kv_heads, head_dim] tensor per sequence."""
+        if not running:
+            return
+        slots = self._to_device([s.slot for s in running])
+        lens = [s.kv_len for s in running]
+        span = max(lens)
+        kv = self.cache.gather(slots, span).cpu()  # [B, layers, 2, span, K, h]
+        for i, (seq, n) in enumerate(zip(running, lens)):
+            seq.kv = kv[i, :, :, :n].clone(memory_format=torch.contiguous_format)  # its own storage
+
     def _check_addable(self, seq: Sequence, known: set[int]) -> None:
         """Why `add` refuses `seq`, if it does (a UserError naming the sequence)."""
         name = f"add: sequence {seq.seq_id} (prompt {seq.prompt_index}, sample {seq.sample_index})"
@@ -346,6 +403,28 @@ class RolloutEngine:
             raise UserError(f"{name} has {k} tokens but no log-prob for each")
         if set(seq.token_ids) & set(self.params.stop_token_ids):
             raise UserError(f"{name} contains a stop token: it would have finished")
+        if seq.kv is not None:
+            self._check_kv(seq, name)
+
+    def _check_kv(self, seq: Sequence, name: str) -> None:
+        """Why a carried `kv` cannot be written into this engine's cache, if it cannot."""
+        kv, cfg = seq.kv, self.model.config
+        if not isinstance(kv, torch.Tensor) or kv.dim() != 5:
+            raise UserError(f"{name} carries kv that is not a [layers, 2, length, kv_heads, head_dim] tensor")
+        if not seq.token_ids:
+            raise UserError(f"{name} carries kv but no tokens (a fresh sequence is prefilled)")
+        layers, two, length, heads, head_dim = kv.shape
+        want = dict(layers=cfg.num_layers, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)
+        for what, got in dict(layers=layers, kv_heads=heads, head_dim=head_dim).items():
+            if got != want[what]:
+                raise UserError(f"{name} carries kv with {got} {what}, this engine's cache has {want[what]}")
+        if two != 2:
+            raise UserError(f"{name} carries kv with {two} entries in dim 1, expected 2 (K and V)")
+        if kv.dtype != self.dtype:
+            raise UserError(f"{name} carries kv of dtype {kv.dtype}, this engine's cache is {self.dtype}")
+        if length != seq.kv_len:
+            raise UserError(f"{name} carries kv of length {length}, expected prompt {seq.prompt_len} + "
+                            f"{len(seq.token_ids)} tokens − 1 = {seq.kv_len}")
 
     # ------------------------------------------------------------------ the ladder
     def _reset_state(self) -> None:
@@ -431,7 +510,7 @@ class RolloutEngine:
         rows: dict[tuple[int, ...], int] = {}
         src = [rows.setdefault(tuple(s.prefill_ids), len(rows)) for s in seqs]
         unique = list(rows)
-        N, M = len(unique), len(seqs)
+        N = len(unique)
         lens = [len(p) for p in unique]
         T = max(lens)
         ids = self._to_device([list(p) + [0] * (T - len(p)) for p in unique])  # [N, T]
@@ -461,6 +540,32 @@ class RolloutEngine:
             logits = self.model.logits(last)[fresh_heads]  # [F, V]
             self.n_generated[fresh_slots] = 0
             self._sample_and_commit(fresh_slots, logits)
+
+    def _write_kv(self, seqs: list[Sequence]) -> None:
+        """Admit sequences that carry their K/V, with no forward pass: their rows go to positions
+        [0, kv_len) of their new slots (one host → device copy of all of them, one `index_copy_` per
+        layer and K/V), and their state is set as after a re-prefill (`_restore`): length kv_len,
+        seed, outputs so far, next token to feed the last generated one — so they decode in this step,
+        exactly as on the source engine. The carried `kv` is dropped once written."""
+        L = self.cache.max_len
+        lens = [s.kv_len for s in seqs]
+        offsets = [0, *itertools.accumulate(lens)]
+        total = offsets.pop()
+        parts = [[s.slot for s in seqs], lens, [s.seed for s in seqs], [s.slot * L - o for s, o in zip(seqs, offsets)],
+                 *self._restore_index(seqs)]
+        index = self._to_device([x for part in parts for x in part]).split([len(p) for p in parts])
+        slots, seq_lens, seeds, bases = index[:4]
+        # flat storage row of every carried position: slot · max_len + j, j in [0, kv_len)
+        rows = torch.repeat_interleave(bases, seq_lens, output_size=total) + torch.arange(total, device=self.device)
+        data = torch.cat([s.kv for s in seqs], 2)  # [layers, 2, Σ kv_len, K, h]
+        data = data.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else data.to(self.device)
+        self.cache.write(rows, data)
+        self.lengths[slots] = seq_lens
+        self.seeds[slots] = seeds
+        for s, n in zip(seqs, lens):
+            self._host_lengths_list[s.slot] = n
+            s.kv = None
+        self._restore(seqs, *index[4:])
 
     @staticmethod
     def _restore_index(moved: list[Sequence]) -> list[list[int]]:

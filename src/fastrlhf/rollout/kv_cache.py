@@ -15,6 +15,12 @@ sequence's length are never read: every read is masked by position.
   storage, otherwise a gather. Both views are device ops only (no host sync), so the engine's
   static decode step can run inside a CUDA graph.
 
+Sample migration with K/V (engine `take(with_kv=True)` / `add`) moves a slot's live rows directly:
+`gather` reads [0, span) of some slots for every layer as one [B, layers, 2, span, kv_heads, head_dim]
+tensor (2: K, V), `write` puts [layers, 2, R, kv_heads, head_dim] rows at R flat rows
+(slot · max_len + position) with one `index_copy_` per layer and K/V — in place, so the static
+addresses of compile mode's cache survive.
+
 The engine sizes a cache per generate call (slots ≤ sequences of the call, positions = longest
 prompt + max_new_tokens) and drops it when the call returns; K/V take the model's parameter dtype
 (bf16 for a bf16 rollout copy). Storage is zeroed, not left uninitialised: masked keys get
@@ -40,6 +46,16 @@ class KVCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def gather(self, slots: torch.Tensor, span: int) -> torch.Tensor:
+        """Positions [0, span) of `slots` [B]: [B, layers, 2, span, kv_heads, head_dim] (a copy)."""
+        return torch.stack([torch.stack([k[slots, :span], v[slots, :span]], 1) for k, v in zip(self.k, self.v)], 1)
+
+    def write(self, rows: torch.Tensor, data: torch.Tensor) -> None:
+        """data [layers, 2, R, kv_heads, head_dim] → flat rows `rows` [R] (slot · max_len + position)."""
+        for layer, (k, v) in enumerate(zip(self.k, self.v)):
+            for j, store in enumerate((k, v)):
+                store.view(-1, *store.shape[2:]).index_copy_(0, rows, data[layer, j])
 
 
 class PrefillView:
