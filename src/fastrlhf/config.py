@@ -201,6 +201,9 @@ class RuntimeSection:
     migrate_threshold: float = option(0.5, "ray: migrate in-flight samples when the most loaded worker's "
                                            "predicted remaining tokens exceed (1 + this) x the mean (0 = never)",
                                       at_least(0.0))
+    migrate_with: Literal["auto", "kv", "tokens"] = option(
+        "auto", "ray: what a migrated sample carries — its KV cache, or its tokens for a re-prefill; auto = the "
+                "cheaper by the cost model (KV bytes / measured bandwidth vs profiled prefill time)")
     round_seconds: float = option(0.05, "ray: engine time per rollout round (how often the pool rebalances "
                                         "and collects finished samples)", greater_than(0.0))
     stream_scoring: bool = option(True, "ray: score (reward, reference) each finished prompt group while the "

@@ -81,16 +81,19 @@ def test_ray_rollout_workers_draw_the_local_tokens(ray_cluster, tmp_path, worker
     assert stats["rollout/rounds"] >= 1
 
 
-def test_migrated_samples_equal_unmigrated_ones_none_lost_or_duplicated(ray_cluster, tiny_policy, tmp_path):
+@pytest.mark.parametrize("carry", ["kv", "tokens"])
+def test_migrated_samples_equal_unmigrated_ones_none_lost_or_duplicated(ray_cluster, tiny_policy, tmp_path, carry):
     common = [f"model.path={tiny_policy}", "rollout.max_new_tokens=24"]  # a random policy: ragged lengths
     local = load_config(None, overrides(tmp_path / "l", extra=common))
     # a deliberately bad split (static) re-balanced every few engine steps
     remote = load_config(None, overrides(tmp_path / "r", extra=[*common, *ray_overrides(
-        2, extra=["runtime.balance=static", "runtime.migrate_threshold=0.05", "runtime.round_seconds=0.002"])]))
+        2, extra=["runtime.balance=static", "runtime.migrate_threshold=0.05", "runtime.round_seconds=0.002",
+                  f"runtime.migrate_with={carry}"])]))
     expected, got, stats, pool = generate_both(local, remote)
     assert pool.migrated > 0, "the test must actually migrate sequences"
+    assert pool.migrated_kv == (pool.migrated if carry == "kv" else 0)
     assert_same_samples(expected, got, exact_logprobs=False)
-    # re-prefill recomputes the migrated context's K/V in another order: equal to fp32 rounding
+    # smaller decode batches (and a re-prefill's other summation order): equal to fp32 rounding
     assert (expected["logprobs"] - got["logprobs"]).abs().max() <= 1e-5
     ids = (got["prompt_index"] * 4).tolist()
     assert len(got) == 32 and sorted(ids) == sorted(k * 4 for k in range(8) for _ in range(4))

@@ -73,7 +73,7 @@ def test_rollout_and_trainer_logprobs_agree(setup):
     assert stats["response_length"] > 0
     # same weights as the reference, but top-p renormalises the actor's distribution: KL ≥ 0, small
     assert 0 <= out["kl_ref"] < 0.1
-    assert actor.engine.policy_version == 1
+    assert actor.policy_version == 1  # the engine takes it at its next generate
 
 
 def test_reward_worker_passes_fields():

@@ -8,9 +8,12 @@ One call, in rounds (RLHFless §3.2 + RLHFSpec §1):
    parallel; the pool collects the finished sequences, hands each *complete prompt group* to
    `on_groups` (streaming scoring, runtime/executor.py) and measures per-worker busy time.
 3. **Migrate** when the predicted remaining tokens are unbalanced past `runtime.migrate_threshold`
-   (`plan_migration`): in-flight sequences leave the loaded worker (`take`) with their tokens so far
-   and continue on the light one (`add`: re-prefill of prompt + tokens, same counter-based random
-   stream) — so a migrated sample is the sample it would have been.
+   (`plan_migration`): in-flight sequences leave the loaded worker (`take`) and continue on the light
+   one (`add`) with the same counter-based random stream — so a migrated sample is the sample it
+   would have been. Each move ships either the sequence's K/V rows (context × KV bytes per token /
+   the object-store bandwidth the last weight sync measured) or its tokens for a re-prefill
+   (context × the worker's profiled prefill seconds per token), whichever the cost model says is
+   cheaper; a move whose transfer costs more than the decode time it saves is not made.
 4. **Faults**: a worker that dies mid-call loses nothing the pool has not collected: every sequence
    it held is re-run from scratch on the surviving workers (same seed → the same sample), Ray
    restarts the actor (`runtime.max_restarts`) and the pool re-syncs its weights before it generates
@@ -34,9 +37,12 @@ from fastrlhf.errors import WorkerLost
 from fastrlhf.rollout.engine import sequence_seed
 from fastrlhf.rollout.sampler import SamplingParams
 from fastrlhf.rollout.sequence import Sequence
-from fastrlhf.runtime.pool import (Item, LengthPredictor, SeqLoad, WorkerLoad, assign_balanced, assign_static,
-                                   plan_migration, prompt_cost)
+from fastrlhf.runtime.pool import (Item, LengthPredictor, MigrationCost, SeqLoad, WorkerLoad, assign_balanced,
+                                   assign_static, plan_migration, prompt_cost)
 from fastrlhf.runtime.rollout_worker import RolloutWorker, WorkerRestarted
+
+
+DEFAULT_BANDWIDTH = 1e9  # bytes/s object-store transfer before the first sync has measured one
 
 
 @dataclass
@@ -47,6 +53,8 @@ class CallStats:
     busy: list[float] = field(default_factory=list)
     rounds: int = 0
     migrated: int = 0
+    migrated_kv: int = 0
+    generated: int = 0  # tokens of the sequences finished so far (the decode cost estimate)
     rerun: int = 0
     restarts: int = 0
 
@@ -55,6 +63,7 @@ class CallStats:
         return {"rollout/idle_s": sum(idle), "rollout/idle_max_s": max(idle, default=0.0),
                 "rollout/idle_fraction": sum(idle) / max(self.wall * len(self.busy), 1e-9),
                 "rollout/rounds": float(self.rounds), "rollout/migrated": float(self.migrated),
+                "rollout/migrated_kv": float(self.migrated_kv),
                 "rollout/rerun": float(self.rerun), "rollout/worker_restarts": float(self.restarts)}
 
 
@@ -77,7 +86,10 @@ class RolloutPool:
                                                   max_restarts=rt.max_restarts, max_task_retries=0)
         self.workers = [actor.remote(config.to_dict(), i, rt.rollout_cpus, rollout_dtype)
                         for i in range(rt.rollout_workers)]
-        ray.get([w.info.remote() for w in self.workers])  # wait for the engines here: set-up, not the first sync
+        infos = ray.get([w.info.remote() for w in self.workers])  # wait for the engines here: set-up, not the first sync
+        self.kv_bytes_per_token = infos[0]["kv_bytes_per_token"]
+        self.prefill_s_per_token = max(i["prefill_s_per_token"] for i in infos)
+        self.bandwidth = DEFAULT_BANDWIDTH  # bytes/s between workers; replaced by each sync's measurement
         self.versions: list[int | None] = [None] * len(self.workers)
         self.predictor = LengthPredictor(alpha=0.5, default=config.rollout.max_new_tokens / 2)
         self.last = CallStats()
@@ -102,6 +114,7 @@ class RolloutPool:
             self.versions[i] = version
         wall = time.perf_counter() - started
         self.sync_log.append((nbytes, wall))
+        self.bandwidth = nbytes * len(targets) / max(wall, 1e-9)  # what moving K/V through the object store gets
         return {"sync/mb": nbytes / 1e6, "sync/seconds": wall, "sync/pack_seconds": pack_s,
                 "sync/workers": float(len(targets)), "sync/mb_per_s": nbytes * len(targets) / 1e6 / max(wall, 1e-9)}
 
@@ -154,6 +167,7 @@ class RolloutPool:
                     if seq.seq_id in finished or owner.get(seq.seq_id) != w:
                         continue  # a duplicate from a worker the sequence was re-run away from
                     finished[seq.seq_id] = seq
+                    stats.generated += len(seq.token_ids)
                     del owner[seq.seq_id]
                     group_left[seq.prompt_index] -= 1
                     if group_left[seq.prompt_index] == 0:
@@ -227,17 +241,35 @@ class RolloutPool:
                             max(1.0, self.predictor.predict(texts[s["prompt_index"]]) - s["generated"]),
                             s["prompt_len"] + s["generated"]) for s in load["sequences"]]
             worker_loads.append(WorkerLoad(w, seqs, load["free_slots"]))
-        moves = plan_migration(worker_loads, self.runtime.migrate_threshold)
-        by_pair: dict[tuple[int, int], list[int]] = {}
+        cost = MigrationCost(self.kv_bytes_per_token, self.bandwidth, self.prefill_s_per_token)
+        in_flight = sum(s.generated for w in worker_loads for s in w.sequences)
+        decode_s_per_token = sum(stats.busy) / max(stats.generated + in_flight, 1)  # engine time per token so far
+        moves = plan_migration(worker_loads, self.runtime.migrate_threshold, cost, decode_s_per_token)
+        by_route: dict[tuple[int, int, bool], list[int]] = {}
+        forced = {"kv": True, "tokens": False}.get(self.runtime.migrate_with)
         for m in moves:
-            by_pair.setdefault((m.src, m.dst), []).append(m.seq_id)
-        for (src, dst), ids in by_pair.items():
-            taken = ray.get(self.workers[src].take.remote(self.call_id, ids))
-            if taken:
+            by_route.setdefault((m.src, m.dst, m.mode == "kv" if forced is None else forced), []).append(m.seq_id)
+        for (src, dst, with_kv), ids in by_route.items():
+            if src not in live or dst not in live:
+                continue  # a worker lost earlier in this round
+            try:
+                taken = ray.get(self.workers[src].take.remote(self.call_id, ids, with_kv))
+            except Exception as exc:  # noqa: BLE001
+                if not _is_actor_death(exc):
+                    raise
+                self._lose_worker(src, live, stats, owner, template)
+                continue
+            for seq in taken:
+                owner[seq.seq_id] = dst  # held by dst from now on: if dst dies, they are re-run with its own
+            try:
                 ray.get(self.workers[dst].add.remote(self.call_id, taken))
-                for seq in taken:
-                    owner[seq.seq_id] = dst
-                stats.migrated += len(taken)
+            except Exception as exc:  # noqa: BLE001
+                if not _is_actor_death(exc):
+                    raise
+                self._lose_worker(dst, live, stats, owner, template)
+                continue
+            stats.migrated += len(taken)
+            stats.migrated_kv += sum(seq.kv is not None for seq in taken)
 
     def close(self) -> None:
         import ray

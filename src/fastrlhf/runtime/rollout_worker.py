@@ -61,6 +61,7 @@ class RolloutWorker:
         self.receiver = WeightReceiver(model, version=None)  # no version until the first sync
         self.pid = os.getpid()
         self.call_id: int | None = None  # the generate conversation this worker is in
+        self.prefill_s_per_token = self._profile_prefill()
 
     # ------------------------------------------------------------------ weights
     def load_weights(self, version: int, buckets: list) -> float:
@@ -78,8 +79,25 @@ class RolloutWorker:
         return self.receiver.version
 
     def info(self) -> dict:
+        """What the pool needs to know about this worker, including its migration costs."""
         return {"pid": self.pid, "version": self.receiver.version, "index": self.index,
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(), "kv_bytes_per_token": self.engine.kv_bytes_per_token(),
+                "prefill_s_per_token": self.prefill_s_per_token}
+
+    @torch.no_grad()
+    def _profile_prefill(self, tokens: int = 64, repeats: int = 3) -> float:
+        """Seconds per token of a one-sequence prefill (the re-prefill a migration without KV costs):
+        median of `repeats` forwards of `tokens` positions (the weights do not change the time)."""
+        model = self.engine.model
+        tokens = min(tokens, model.config.max_position_embeddings)
+        ids = torch.zeros(1, tokens, dtype=torch.long, device=self.engine.device)
+        positions = torch.arange(tokens, device=self.engine.device)[None]
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model.logits(model.hidden_states(ids, positions, None, None)[:, -1])
+            times.append(time.perf_counter() - started)
+        return sorted(times)[len(times) // 2] / tokens
 
     # ------------------------------------------------------------------ one generate call, in rounds
     @torch.no_grad()
@@ -111,11 +129,14 @@ class RolloutWorker:
                 break
         busy = time.perf_counter() - started
         finished, self.engine.finished = self.engine.finished, []
+        for seq in finished:  # the driver may have no GPU
+            seq.logprobs = seq.logprobs.cpu()
         return finished, self.engine.load(), busy
 
-    def take(self, call_id: int, seq_ids: list[int]) -> list:
+    def take(self, call_id: int, seq_ids: list[int], with_kv: bool = False) -> list:
+        """Give up these unfinished sequences, with their K/V rows when `with_kv` (else tokens only)."""
         self._check_call(call_id)
-        return self.engine.take(seq_ids=seq_ids)
+        return self.engine.take(seq_ids=seq_ids, with_kv=with_kv)
 
     @torch.no_grad()
     def add(self, call_id: int, sequences: list) -> dict:
