@@ -52,6 +52,9 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--round-seconds", type=float, default=0.05)
     parser.add_argument("--skip", type=int, default=None, help="first steps left out of the medians (default: one epoch)")
+    parser.add_argument("--only", action="append", choices=list(CONFIGS), help="run only these configurations")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra config override for every configuration (e.g. runtime.migrate_threshold=0.1)")
     args = parser.parse_args(argv)
     skip = args.skip if args.skip is not None else args.train_size // args.prompts
     if skip >= args.steps:
@@ -59,16 +62,17 @@ def main(argv=None) -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in CONFIGS.items():
-            results[name] = run(name, extra, args, Path(tmp))[skip:]
-    base = median(results["static"], "rollout/idle_s")
+            if args.only is None or name in args.only:
+                results[name] = run(name, [*extra, *args.set], args, Path(tmp))[skip:]
+    base = median(results.get("static", next(iter(results.values()))), "rollout/idle_s")
     print(f"worked_addition, 2 rollout workers, {args.prompts} prompts x {args.samples} samples, "
           f"medians of steps {skip + 1}-{args.steps}\n")
-    print("| assignment | idle s / step (sum over workers) | idle vs static | generate s | step s | migrated / step |")
-    print("|---|---|---|---|---|---|")
+    print("| assignment | idle s / step (sum over workers) | idle vs static | generate s | step s | migrated / step | rounds |")
+    print("|---|---|---|---|---|---|---|")
     for name, rows in results.items():
         idle = median(rows, "rollout/idle_s")
         print(f"| {name} | {idle:.3f} | {idle / base:.2f}x | {median(rows, 'time/actor.generate'):.3f} | "
-              f"{median(rows, 'time/step'):.3f} | {median(rows, 'rollout/migrated'):.1f} |")
+              f"{median(rows, 'time/step'):.3f} | {median(rows, 'rollout/migrated'):.1f} | {median(rows, 'rollout/rounds'):.0f} |")
 
 
 if __name__ == "__main__":

@@ -100,19 +100,19 @@ def test_migrated_samples_equal_unmigrated_ones_none_lost_or_duplicated(ray_clus
 
 
 def test_a_killed_rollout_worker_is_rerun_elsewhere_then_restarted_and_resynced(ray_cluster, tmp_path, monkeypatch):
-    from fastrlhf.runtime.rollout_pool import RolloutPool
+    from fastrlhf.runtime.pool_call import PoolCall
     from fastrlhf.runtime.session import RaySession
 
-    calls = []
-    original_call = RolloutPool._call
+    replies = []
+    original = PoolCall._on_advance
 
-    def kill_worker_0_after_its_first_round(pool, live, *args):
-        calls.append(1)
-        if len(calls) == 3:  # start, one round of engine steps, then: worker 0 dies with work in flight
-            ray.kill(pool.workers[0], no_restart=False)  # Ray restarts it (runtime.max_restarts)
-        return original_call(pool, live, *args)
+    def kill_worker_0_after_the_second_reply(call, w, reply, extra):
+        replies.append(w)
+        if len(replies) == 2 and call.call == 1:  # worker 0 dies with work in flight (Ray restarts it)
+            ray.kill(call.workers[0], no_restart=False)
+        return original(call, w, reply, extra)
 
-    monkeypatch.setattr(RolloutPool, "_call", kill_worker_0_after_its_first_round)
+    monkeypatch.setattr(PoolCall, "_on_advance", kill_worker_0_after_the_second_reply)
     local = TrainingState(load_config(None, overrides(tmp_path / "l")), schedule_steps=10)
     config = load_config(None, overrides(tmp_path / "r", extra=ray_overrides(2, extra=["runtime.migrate_threshold=0",
                                                                                       "runtime.round_seconds=0.001"])))

@@ -1,12 +1,13 @@
 """`RolloutPool`: the actor's `generate` call spread over N rollout workers (Ray actors).
 
-One call, in rounds (RLHFless §3.2 + RLHFSpec §1):
+One call (RLHFless §3.2 + RLHFSpec §1; the event loop itself is runtime/pool_call.py):
 1. **Assign** prompts to workers (runtime/pool.py): `runtime.balance=tokens` balances predicted
    response tokens — n × the prompt's EWMA length, the running mean for a new prompt — by LPT;
    `static` is the equal-count split in order.
-2. **Rounds**: every live worker runs its engine for about `runtime.round_seconds` (`advance`), in
-   parallel; the pool collects the finished sequences, hands each *complete prompt group* to
-   `on_groups` (streaming scoring, runtime/executor.py) and measures per-worker busy time.
+2. **Advance**: every live worker runs its engine for about `runtime.round_seconds` at a time
+   (`advance`) and gets its next advance as soon as its reply is read — no barrier between workers;
+   the pool collects the finished sequences, hands each *complete prompt group* to `on_groups`
+   (streaming scoring, runtime/executor.py) and adds up each worker's busy time.
 3. **Migrate** when the predicted remaining tokens are unbalanced past `runtime.migrate_threshold`
    (`plan_migration`): in-flight sequences leave the loaded worker (`take`) and continue on the light
    one (`add`) with the same counter-based random stream — so a migrated sample is the sample it
@@ -37,9 +38,9 @@ from fastrlhf.errors import WorkerLost
 from fastrlhf.rollout.engine import sequence_seed
 from fastrlhf.rollout.sampler import SamplingParams
 from fastrlhf.rollout.sequence import Sequence
-from fastrlhf.runtime.pool import (Item, LengthPredictor, MigrationCost, SeqLoad, WorkerLoad, assign_balanced,
-                                   assign_static, plan_migration, prompt_cost)
-from fastrlhf.runtime.rollout_worker import RolloutWorker, WorkerRestarted
+from fastrlhf.runtime.pool import Item, LengthPredictor, assign_balanced, assign_static, prompt_cost
+from fastrlhf.runtime.pool_call import PoolCall, is_worker_gone
+from fastrlhf.runtime.rollout_worker import RolloutWorker
 
 
 DEFAULT_BANDWIDTH = 1e9  # bytes/s object-store transfer before the first sync has measured one
@@ -51,7 +52,7 @@ class CallStats:
 
     wall: float = 0.0
     busy: list[float] = field(default_factory=list)
-    rounds: int = 0
+    rounds: int = 0  # advance replies, over all workers
     migrated: int = 0
     migrated_kv: int = 0
     generated: int = 0  # tokens of the sequences finished so far (the decode cost estimate)
@@ -65,15 +66,6 @@ class CallStats:
                 "rollout/rounds": float(self.rounds), "rollout/migrated": float(self.migrated),
                 "rollout/migrated_kv": float(self.migrated_kv),
                 "rollout/rerun": float(self.rerun), "rollout/worker_restarts": float(self.restarts)}
-
-
-def _is_actor_death(exc: BaseException) -> bool:
-    """The worker died, or was restarted by Ray and lost the call's engine state."""
-    import ray
-
-    if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):
-        return True
-    return isinstance(exc, ray.exceptions.RayTaskError) and isinstance(getattr(exc, "cause", None), WorkerRestarted)
 
 
 class RolloutPool:
@@ -129,7 +121,7 @@ class RolloutPool:
                 ray.get(ref)
                 return
             except Exception as exc:  # noqa: BLE001 - only a dead / restarting worker is retried
-                if not _is_actor_death(exc):
+                if not is_worker_gone(exc):
                     raise
                 if time.perf_counter() > deadline:
                     raise WorkerLost(f"rollout worker {i} died and was not back after {patience:.0f} s "
@@ -142,7 +134,7 @@ class RolloutPool:
                  on_groups=None) -> list[Sequence]:
         """n samples of every prompt (key = its index) → finished sequences ordered by (prompt, sample)."""
         started = time.perf_counter()
-        n, rt = params.n, self.runtime
+        n = params.n
         self.call_id += 1
         call = self.call_id
         self.last = stats = CallStats(busy=[0.0] * len(self.workers))
@@ -150,33 +142,10 @@ class RolloutPool:
                     for k, p in enumerate(prompts) for j in range(n)}
         shares = self._assign(prompts, texts, n)
         reserve = (min(self.config.rollout.num_slots, len(template)), max(len(p) for p in prompts) + params.max_new_tokens)
-        owner = {k * n + j: w for w, keys in enumerate(shares) for k in keys for j in range(n)}
-        live = set(range(len(self.workers)))
-        loads = self._call(live, stats, owner, template, lambda w: self.workers[w].start.remote(
+        run = PoolCall(self, call, template, shares, n, texts, stats, on_groups)
+        finished = run.run(lambda w: self.workers[w].start.remote(
             call, [prompts[k] for k in shares[w]], shares[w], params, version, reserve))
-        finished: dict[int, Sequence] = {}
-        group_left = {k: n for k in range(len(prompts))}
-        while owner:
-            results = self._call(live, stats, owner, template, lambda w: self.workers[w].advance.remote(call, rt.round_seconds))
-            stats.rounds += 1
-            complete = []
-            for w, (done, load, busy) in results.items():
-                stats.busy[w] += busy
-                loads[w] = load
-                for seq in done:
-                    if seq.seq_id in finished or owner.get(seq.seq_id) != w:
-                        continue  # a duplicate from a worker the sequence was re-run away from
-                    finished[seq.seq_id] = seq
-                    stats.generated += len(seq.token_ids)
-                    del owner[seq.seq_id]
-                    group_left[seq.prompt_index] -= 1
-                    if group_left[seq.prompt_index] == 0:
-                        complete.append(seq.prompt_index)
-            if complete and on_groups is not None:
-                on_groups([finished[k * n + j] for k in sorted(complete) for j in range(n)])
-            if owner and rt.migrate_threshold > 0 and len(live) > 1:
-                self._migrate(live, loads, owner, template, stats, texts, n)
-        for w in live:
+        for w in run.live:
             self.workers[w].finish.remote()
         for k, text in enumerate(texts):
             for j in range(n):
@@ -191,93 +160,8 @@ class RolloutPool:
             return assign_static(items, workers)
         return assign_balanced(items, workers)
 
-    def _call(self, live: set[int], stats: CallStats, owner: dict, template: dict, make_ref) -> dict:
-        """One remote call per live worker, in parallel → {worker: result}. A worker that died has
-        its sequences re-run on the survivors; it leaves `live` for the rest of this call."""
-        import ray
-
-        refs = {w: make_ref(w) for w in sorted(live)}
-        results = {}
-        for w, ref in refs.items():
-            try:
-                results[w] = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001
-                if not _is_actor_death(exc):
-                    raise
-                self._lose_worker(w, live, stats, owner, template)
-        return results
-
-    def _lose_worker(self, w: int, live: set[int], stats: CallStats, owner: dict, template: dict) -> None:
-        import ray
-
-        live.discard(w)
-        self.versions[w] = None  # restarted by Ray with fresh weights: re-synced before it generates again
-        stats.restarts += 1
-        lost = sorted(i for i, at in owner.items() if at == w)
-        if not live:
-            raise WorkerLost(f"every rollout worker died (the last was worker {w}); nothing was lost that a "
-                             f"resume cannot redo")
-        if not lost:
-            return
-        items = [Item(i, 1.0) for i in lost]
-        targets = sorted(live)
-        for dst, ids in zip(targets, assign_balanced(items, len(targets))):
-            if not ids:
-                continue
-            fresh = [_fresh(template[i]) for i in ids]
-            ray.get(self.workers[dst].add.remote(self.call_id, fresh))
-            for i in ids:
-                owner[i] = dst
-            stats.rerun += len(ids)
-
-    def _migrate(self, live: set[int], loads: dict, owner: dict, template: dict, stats: CallStats,
-                 texts: list[str], n: int) -> None:
-        import ray
-
-        worker_loads = []
-        for w in sorted(live):
-            load = loads[w]
-            seqs = [SeqLoad(s["seq_id"], s["generated"],
-                            max(1.0, self.predictor.predict(texts[s["prompt_index"]]) - s["generated"]),
-                            s["prompt_len"] + s["generated"]) for s in load["sequences"]]
-            worker_loads.append(WorkerLoad(w, seqs, load["free_slots"]))
-        cost = MigrationCost(self.kv_bytes_per_token, self.bandwidth, self.prefill_s_per_token)
-        in_flight = sum(s.generated for w in worker_loads for s in w.sequences)
-        decode_s_per_token = sum(stats.busy) / max(stats.generated + in_flight, 1)  # engine time per token so far
-        moves = plan_migration(worker_loads, self.runtime.migrate_threshold, cost, decode_s_per_token)
-        by_route: dict[tuple[int, int, bool], list[int]] = {}
-        forced = {"kv": True, "tokens": False}.get(self.runtime.migrate_with)
-        for m in moves:
-            by_route.setdefault((m.src, m.dst, m.mode == "kv" if forced is None else forced), []).append(m.seq_id)
-        for (src, dst, with_kv), ids in by_route.items():
-            if src not in live or dst not in live:
-                continue  # a worker lost earlier in this round
-            try:
-                taken = ray.get(self.workers[src].take.remote(self.call_id, ids, with_kv))
-            except Exception as exc:  # noqa: BLE001
-                if not _is_actor_death(exc):
-                    raise
-                self._lose_worker(src, live, stats, owner, template)
-                continue
-            for seq in taken:
-                owner[seq.seq_id] = dst  # held by dst from now on: if dst dies, they are re-run with its own
-            try:
-                ray.get(self.workers[dst].add.remote(self.call_id, taken))
-            except Exception as exc:  # noqa: BLE001
-                if not _is_actor_death(exc):
-                    raise
-                self._lose_worker(dst, live, stats, owner, template)
-                continue
-            stats.migrated += len(taken)
-            stats.migrated_kv += sum(seq.kv is not None for seq in taken)
-
     def close(self) -> None:
         import ray
 
         for w in self.workers:
             ray.kill(w, no_restart=True)
-
-
-def _fresh(seq: Sequence) -> Sequence:
-    """A not-yet-started copy of a sequence (re-run after its worker died)."""
-    return Sequence(seq.seq_id, list(seq.prompt_ids), seq.prompt_index, seq.sample_index, seq.seed)

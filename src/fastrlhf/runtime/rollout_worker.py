@@ -134,9 +134,11 @@ class RolloutWorker:
         return finished, self.engine.load(), busy
 
     def take(self, call_id: int, seq_ids: list[int], with_kv: bool = False) -> list:
-        """Give up these unfinished sequences, with their K/V rows when `with_kv` (else tokens only)."""
+        """Give up those of these sequences that are still unfinished here (the others finished since
+        the pool planned the move), with their K/V rows when `with_kv` (else tokens only)."""
         self._check_call(call_id)
-        return self.engine.take(seq_ids=seq_ids, with_kv=with_kv)
+        here = {s["seq_id"] for s in self.engine.load()["sequences"]}
+        return self.engine.take(seq_ids=[i for i in seq_ids if i in here], with_kv=with_kv)
 
     @torch.no_grad()
     def add(self, call_id: int, sequences: list) -> dict:
