@@ -1,14 +1,14 @@
 """Rollout-worker idle time on `worked_addition` (long-tailed lengths), 2 rollout workers:
 static equal split vs token-balanced assignment vs balanced + migration, in one run.
 
-    python benchmarks/rollout_balance.py                       # 16 steps, 64 training prompts (4 epochs)
+    python benchmarks/rollout_balance.py                       # 16 steps, 64 training prompts (4 epochs), 3 repeats
     python benchmarks/rollout_balance.py --steps 24 --train-size 96
 
 Each configuration is a real GRPO run (runtime.backend=ray, 2 rollout workers + 1 trainer rank, 1 CPU
 thread each) from the same seed; the samples are identical in all three (seeds follow the prompt,
 not the worker), so only the placement differs. Per step the pool logs `rollout/idle_s`: summed
-over the workers, the time each waited for the slowest (wall of the generate call − its time in
-engine steps). The training prompts repeat every train_size / prompts_per_step steps, so from the
+over the workers, the time each waited for the slowest (the slowest worker's engine seconds − its
+own), and `rollout/overhead_s`: the call's wall time − the slowest worker's engine seconds. The training prompts repeat every train_size / prompts_per_step steps, so from the
 second epoch on the token-balanced split has a per-prompt length history (EWMA); steps of the first
 epoch are excluded from the medians (`--skip`, default one epoch).
 """
@@ -52,6 +52,7 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--round-seconds", type=float, default=0.05)
     parser.add_argument("--skip", type=int, default=None, help="first steps left out of the medians (default: one epoch)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration, interleaved")
     parser.add_argument("--only", action="append", choices=list(CONFIGS), help="run only these configurations")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra config override for every configuration (e.g. runtime.migrate_threshold=0.1)")
@@ -59,20 +60,23 @@ def main(argv=None) -> None:
     skip = args.skip if args.skip is not None else args.train_size // args.prompts
     if skip >= args.steps:
         sys.exit(f"--steps {args.steps} must exceed the skipped first epoch ({skip} steps)")
-    results = {}
+    results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, extra in CONFIGS.items():
-            if args.only is None or name in args.only:
-                results[name] = run(name, [*extra, *args.set], args, Path(tmp))[skip:]
+        for repeat in range(args.repeats):  # interleaved, so a slower minute of the machine hits every config
+            for name, extra in CONFIGS.items():
+                if args.only is None or name in args.only:
+                    rows = run(f"{name}-{repeat}", [*extra, *args.set], args, Path(tmp))[skip:]
+                    results.setdefault(name, []).extend(rows)
     base = median(results.get("static", next(iter(results.values()))), "rollout/idle_s")
     print(f"worked_addition, 2 rollout workers, {args.prompts} prompts x {args.samples} samples, "
-          f"medians of steps {skip + 1}-{args.steps}\n")
-    print("| assignment | idle s / step (sum over workers) | idle vs static | generate s | step s | migrated / step | rounds |")
+          f"medians over steps {skip + 1}-{args.steps} of {args.repeats} interleaved runs per configuration\n")
+    print("| assignment | idle s / step (sum over workers) | idle vs static | call overhead s | generate s | step s | migrated / step |")
     print("|---|---|---|---|---|---|---|")
     for name, rows in results.items():
         idle = median(rows, "rollout/idle_s")
-        print(f"| {name} | {idle:.3f} | {idle / base:.2f}x | {median(rows, 'time/actor.generate'):.3f} | "
-              f"{median(rows, 'time/step'):.3f} | {median(rows, 'rollout/migrated'):.1f} | {median(rows, 'rollout/rounds'):.0f} |")
+        print(f"| {name} | {idle:.3f} | {idle / base:.2f}x | {median(rows, 'rollout/overhead_s'):.3f} | "
+              f"{median(rows, 'time/actor.generate'):.3f} | {median(rows, 'time/step'):.3f} | "
+              f"{median(rows, 'rollout/migrated'):.1f} |")
 
 
 if __name__ == "__main__":

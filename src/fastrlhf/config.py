@@ -198,14 +198,20 @@ class RuntimeSection:
     trainer_gpus: float = option(0.0, "ray: GPUs per trainer rank (0 = CPU)", at_least(0.0))
     balance: Literal["static", "tokens"] = option("tokens", "ray: prompts to rollout workers by equal count "
                                                   "(static) or by predicted response tokens (tokens)")
-    migrate_threshold: float = option(0.5, "ray: migrate in-flight samples when the most loaded worker's "
-                                           "predicted remaining tokens exceed (1 + this) x the mean (0 = never)",
+    migrate_threshold: float = option(0.0, "ray: migrate in-flight samples when the most loaded worker's "
+                                           "predicted finish time exceeds (1 + this) x the mean (0 = never; "
+                                           "docs/runtime.md: it halves idle time but did not cut step time on a CPU)",
                                       at_least(0.0))
     migrate_with: Literal["auto", "kv", "tokens"] = option(
         "auto", "ray: what a migrated sample carries — its KV cache, or its tokens for a re-prefill; auto = the "
                 "cheaper by the cost model (KV bytes / measured bandwidth vs profiled prefill time)")
     round_seconds: float = option(0.05, "ray: engine time per rollout round (how often the pool rebalances "
                                         "and collects finished samples)", greater_than(0.0))
+    scoring: Literal["trainer", "separate"] = option(
+        "trainer", "ray: where the reference and reward run — on trainer rank 0 (colocated) or on their own "
+                   "actor (runtime.scoring_cpus / scoring_gpus); the PPO critic stays with the trainer")
+    scoring_cpus: int = option(1, "ray: CPUs of the separate scoring actor", at_least(1))
+    scoring_gpus: float = option(0.0, "ray: GPUs of the separate scoring actor", at_least(0.0))
     stream_scoring: bool = option(True, "ray: score (reward, reference) each finished prompt group while the "
                                         "long tail still generates")
     sync_bucket_mb: int = option(64, "ray: weight-sync bucket size (MB)", at_least(1))

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastrlhf.runtime.pool import (Item, LengthPredictor, MigrationCost, Move, SeqLoad, WorkerLoad, apply_moves,
+from fastrlhf.runtime.pool import (worker_time, Item, LengthPredictor, MigrationCost, Move, SeqLoad, WorkerLoad, apply_moves,
                                    assign_balanced, assign_static, idle_seconds, imbalance, plan_migration,
                                    prompt_cost, worker_costs)
 
@@ -290,3 +290,34 @@ def test_imbalance():
     assert imbalance([5, 5]) == 0.0
     assert imbalance([]) == 0.0
     assert imbalance([0, 0]) == 0.0
+
+
+# ---------------------------------------------------------------------------- the step-cost time model
+def _times(loads, step_tokens):
+    return [worker_time([s.remaining for s in w.sequences], step_tokens) for w in loads]
+
+
+@settings(max_examples=200, deadline=None)
+@given(pools(), st.sampled_from([0.0, 0.2]), st.sampled_from([1.0, 16.0, 200.0]))
+def test_plan_under_the_step_cost_model_conserves_and_never_raises_the_finish_time(loads, threshold, step_tokens):
+    moves = plan_migration(loads, threshold, step_tokens=step_tokens)
+    home = {s.seq_id: w.worker for w in loads for s in w.sequences}
+    assert len({m.seq_id for m in moves}) == len(moves) and all(m.src == home[m.seq_id] != m.dst for m in moves)
+    after = apply_moves(loads, moves)
+    assert Counter(s.seq_id for w in after for s in w.sequences) == Counter(s.seq_id for w in loads for s in w.sequences)
+    assert max(_times(after, step_tokens)) <= max(_times(loads, step_tokens)) + 1e-9
+    assert plan_migration(after, threshold, step_tokens=step_tokens) == []
+
+
+def test_worker_time_is_steps_plus_tokens():
+    assert worker_time([30.0, 10.0, 5.0], step_tokens=4.0) == 45.0 + 4.0 * 30.0
+    assert worker_time([], step_tokens=4.0) == 0.0
+
+
+def test_with_a_step_cost_the_worker_holding_the_longest_sample_gets_less_of_the_rest():
+    # one sample each, lengths 100, 50, 50, 10. Token LPT: 100 | 50 + 50, then 10 to the tie's lower
+    # worker: tokens 110 | 100, but finish times (step cost 1 token) 110 + 100 = 210 | 100 + 50 = 150.
+    # The step-cost model gives the 10 to the other worker: 200 | 160.
+    items = [Item(0, 100.0, 100.0), Item(1, 50.0, 50.0), Item(2, 50.0, 50.0), Item(3, 10.0, 10.0)]
+    assert assign_balanced(items, 2) == [[0, 3], [1, 2]]
+    assert assign_balanced(items, 2, step_tokens=1.0) == [[0], [1, 2, 3]]

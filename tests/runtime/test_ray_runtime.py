@@ -138,10 +138,11 @@ def test_a_killed_rollout_worker_is_rerun_elsewhere_then_restarted_and_resynced(
 
 
 def test_streaming_scoring_gives_the_barrier_result(ray_cluster, tmp_path):
+    """Streamed to a separate scoring actor vs scored after the barrier on trainer rank 0."""
     runs = {}
-    for stream in ("true", "false"):
+    for stream, scoring in (("true", "separate"), ("false", "trainer")):
         cfg = load_config(None, overrides(tmp_path / stream, steps=2, extra=ray_overrides(
-            2, extra=[f"runtime.stream_scoring={stream}"])))
+            2, extra=[f"runtime.stream_scoring={stream}", f"runtime.scoring={scoring}"])))
         runs[stream] = train(cfg, show_progress=False).history
     for streamed, barrier in zip(runs["true"], runs["false"]):
         for key in ("reward", "kl", "loss", "grad_norm", "response_length"):

@@ -23,8 +23,11 @@ def worker_env(threads: int) -> dict[str, str]:
 
 def resources_needed(runtime) -> tuple[float, float]:
     """(CPUs, GPUs) the run's actors reserve."""
-    cpus = runtime.rollout_workers * runtime.rollout_cpus + runtime.trainer_workers * runtime.trainer_cpus
-    gpus = runtime.rollout_workers * runtime.rollout_gpus + runtime.trainer_workers * runtime.trainer_gpus
+    separate = runtime.scoring == "separate"
+    cpus = (runtime.rollout_workers * runtime.rollout_cpus + runtime.trainer_workers * runtime.trainer_cpus
+            + separate * runtime.scoring_cpus)
+    gpus = (runtime.rollout_workers * runtime.rollout_gpus + runtime.trainer_workers * runtime.trainer_gpus
+            + separate * runtime.scoring_gpus)
     return cpus, gpus
 
 

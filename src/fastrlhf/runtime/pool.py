@@ -83,6 +83,7 @@ class Item:
     """One prompt with its n samples; `cost` is its predicted work in tokens (see `prompt_cost`)."""
     key: int
     cost: float
+    length: float = 0.0  # predicted tokens of its longest sample: the steps it keeps a worker busy
 
 
 def prompt_cost(n_samples: int, predicted_tokens: float, prompt_tokens: int = 0,
@@ -107,23 +108,36 @@ def assign_static(items: Sequence[Item], workers: int) -> list[list[int]]:
     return out
 
 
-def assign_balanced(items: Sequence[Item], workers: int, capacity: int | None = None) -> list[list[int]]:
+def worker_time(costs: Sequence[float], step_tokens: float = 0.0) -> float:
+    """A worker's predicted finish time, in tokens of batched work: Σ tokens + step_tokens × the
+    longest. Batched decoding costs a + b·B per step, so generating sequences of r_1 ≥ r_2 ≥ … takes
+    Σ_t (a + b·#{r_i ≥ t}) = a·max r + b·Σ r; divided by b, step_tokens = a / b is the fixed cost
+    of one engine step expressed in tokens (0 = time proportional to tokens only)."""
+    return math.fsum(costs) + step_tokens * max(costs, default=0.0)
+
+
+def assign_balanced(items: Sequence[Item], workers: int, capacity: int | None = None,
+                    step_tokens: float = 0.0) -> list[list[int]]:
     """Balance tokens, not prompts: longest-processing-time-first greedy.
 
     Items by cost descending (ties: smaller key first), each to the worker with the least cost so far
     (ties: lower worker index) among those holding fewer than `capacity` items. Without a capacity
     the makespan is at most (4/3 - 1/(3m)) x optimal (Graham 1969). Keys per worker, in the order
-    assigned (largest first: the order to submit them)."""
+    assigned (largest first: the order to submit them). With `step_tokens` > 0 (see `worker_time`)
+    each item goes to the worker that would *finish* earliest with it, counting the longest sample a
+    worker holds: the worker that gets the longest sample then gets less of the rest."""
     _check_assignment_input(items, workers)
     if capacity is not None and capacity * workers < len(items):
         raise ValueError(f"{len(items)} items do not fit {workers} workers x capacity {capacity}")
     out: list[list[int]] = [[] for _ in range(workers)]
-    load = [0.0] * workers
+    load, longest = [0.0] * workers, [0.0] * workers
     for it in sorted(items, key=lambda it: (-it.cost, it.key)):
         open_ = [w for w in range(workers) if capacity is None or len(out[w]) < capacity]
-        w = min(open_, key=lambda w: (load[w], w))
+        # the worker that would finish earliest with it (step_tokens = 0: the least loaded, plain LPT)
+        w = min(open_, key=lambda w: (load[w] + it.cost + step_tokens * max(longest[w], it.length), load[w], w))
         out[w].append(it.key)
         load[w] += it.cost
+        longest[w] = max(longest[w], it.length)
     return out
 
 
@@ -200,10 +214,11 @@ class MigrationCost:
 
 
 def plan_migration(loads: Sequence[WorkerLoad], threshold: float, cost: MigrationCost | None = None,
-                   decode_s_per_token: float | None = None) -> list[Move]:
+                   decode_s_per_token: float | None = None, step_tokens: float = 0.0) -> list[Move]:
     """Moves that even out the remaining work; one net move per sequence, never src == dst.
 
-    Load = sum of remaining tokens on a worker. Repeat while max load > (1 + threshold) x mean:
+    Load = `worker_time` of a worker's remaining tokens (their sum, + step_tokens x the longest).
+    Repeat while max load > (1 + threshold) x mean:
     - src = the most loaded worker (ties: first in `loads`); stop if a worker at the max holds fewer
       than 2 sequences (its lone sequence bounds the makespan; it cannot be split).
     - Moving r from load A (src) to load B helps iff B + r < A. Destinations: those with a free slot
@@ -224,25 +239,27 @@ def plan_migration(loads: Sequence[WorkerLoad], threshold: float, cost: Migratio
     home, seqs, free, order = _plan_state(loads)
     if len(order) < 2 or not seqs:
         return []
-    total = math.fsum(s.remaining for s in seqs.values())
     held = {w: {i for i, at in home.items() if at == w} for w in order}
-    load = {w: math.fsum(seqs[i].remaining for i in held[w]) for w in order}
+
+    def time_of(ids) -> float:
+        return worker_time([seqs[i].remaining for i in ids], step_tokens)
+
+    load = {w: time_of(held[w]) for w in order}
     moves: dict[int, Move] = {}
     for _ in range(len(seqs) * len(order)):
         peak = max(load.values())
-        if peak <= (1.0 + threshold) * total / len(order):
+        if peak <= (1.0 + threshold) * math.fsum(load.values()) / len(order):
             break
         tops = [w for w in order if load[w] == peak]
         if any(len(held[w]) < 2 for w in tops):
             break
-        step = _best_step(tops[0], held, load, seqs, free, home, order, cost, decode_s_per_token)
+        step = _best_step(tops[0], held, load, seqs, free, home, order, cost, decode_s_per_token, time_of)
         if step is None:
             break
         sid, src, dst = step
         held[src].discard(sid)
         held[dst].add(sid)
-        load[src] = math.fsum(seqs[i].remaining for i in held[src])
-        load[dst] = math.fsum(seqs[i].remaining for i in held[dst])
+        load[src], load[dst] = time_of(held[src]), time_of(held[dst])
         if dst == home[sid]:
             moves.pop(sid, None)
         else:
@@ -268,7 +285,7 @@ def _plan_state(loads: Sequence[WorkerLoad]):
     return home, seqs, free, order
 
 
-def _best_step(src, held, load, seqs, free, home, order, cost, decode_s_per_token):
+def _best_step(src, held, load, seqs, free, home, order, cost, decode_s_per_token, time_of):
     """The first acceptable (seq_id, src, dst) in the preference order of `plan_migration`."""
     def slots_left(w):
         return free[w] - sum(1 for i in held[w] if home[i] != w)
@@ -276,16 +293,12 @@ def _best_step(src, held, load, seqs, free, home, order, cost, decode_s_per_toke
     a, rank = load[src], {w: n for n, w in enumerate(order)}
     others = sorted((w for w in order if w != src), key=lambda w: (slots_left(w) <= 0, load[w], rank[w]))
     for dst in others:
-        b = load[dst]
-        cands = sorted((i for i in held[src] if b + seqs[i].remaining < a),
-                       key=lambda i: (max(a - seqs[i].remaining, b + seqs[i].remaining),
-                                      -seqs[i].remaining, i))
+        after = {i: (time_of(held[src] - {i}), time_of(held[dst] | {i})) for i in held[src]}
+        cands = sorted((i for i in held[src] if after[i][1] < a),  # the moved-to worker must finish before src did
+                       key=lambda i: (max(after[i]), -seqs[i].remaining, i))
         for i in cands:
-            new_dst = math.fsum([*(seqs[j].remaining for j in held[dst]), seqs[i].remaining])
-            if not new_dst < a:  # rounding: the exact sum must improve too
-                continue
             if cost is not None and decode_s_per_token is not None:
-                saved = (a - max(a - seqs[i].remaining, new_dst)) * decode_s_per_token
+                saved = (a - max(after[i])) * decode_s_per_token
                 if cost.seconds(seqs[i]) > saved:
                     continue
             return i, src, dst

@@ -16,7 +16,7 @@ call; every sequence it held and the pool had not collected is re-run from scrat
 it was assigned, moved or re-run to, and the first finished copy of a seq_id wins (a re-run can
 never produce a different sample, so a late duplicate is only dropped).
 
-Idle time per worker = the call's wall time − its busy (engine) seconds.
+Idle time per worker = the slowest worker's busy (engine) seconds − its own (rollout_pool.CallStats).
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ class PoolCall:
 
     def _on_advance(self, w: int, reply, _) -> None:
         done, load, busy = reply
+        self.pool.step_cost.add(load.get("steps", 0), load.get("tokens", 0), busy)
         self.advancing.discard(w)
         self.stats.busy[w] += busy
         self.stats.rounds += 1
@@ -151,9 +152,14 @@ class PoolCall:
                     for s in load["sequences"] if self.owner.get(s["seq_id"]) == w]  # loads may be a round stale
             worker_loads.append(WorkerLoad(w, seqs, load["free_slots"]))
         cost = MigrationCost(pool.kv_bytes_per_token, pool.bandwidth, pool.prefill_s_per_token)
-        in_flight = sum(s.generated for wl in worker_loads for s in wl.sequences)
-        decode_s_per_token = sum(self.stats.busy) / max(self.stats.generated + in_flight, 1)
-        moves = plan_migration(worker_loads, pool.runtime.migrate_threshold, cost, decode_s_per_token)
+        fit = pool.step_cost.coefficients()
+        if fit is not None:  # seconds per token of batched work
+            decode_s_per_token = fit[1]
+        else:
+            in_flight = sum(s.generated for wl in worker_loads for s in wl.sequences)
+            decode_s_per_token = sum(self.stats.busy) / max(self.stats.generated + in_flight, 1)
+        moves = plan_migration(worker_loads, pool.runtime.migrate_threshold, cost, decode_s_per_token,
+                               step_tokens=pool.step_cost.step_tokens)
         forced = {"kv": True, "tokens": False}.get(pool.runtime.migrate_with)
         routes: dict[tuple[int, int, bool], list[int]] = {}
         for m in moves:

@@ -2,7 +2,8 @@
 
 One call (RLHFless §3.2 + RLHFSpec §1; the event loop itself is runtime/pool_call.py):
 1. **Assign** prompts to workers (runtime/pool.py): `runtime.balance=tokens` balances predicted
-   response tokens — n × the prompt's EWMA length, the running mean for a new prompt — by LPT;
+   finish times — n × the prompt's EWMA length (the running mean for a new prompt) plus the fitted
+   fixed cost of the engine steps its longest sample keeps a worker busy (`StepCostFit`) — greedily, longest first;
    `static` is the equal-count split in order.
 2. **Advance**: every live worker runs its engine for about `runtime.round_seconds` at a time
    (`advance`) and gets its next advance as soon as its reply is read — no barrier between workers;
@@ -24,8 +25,9 @@ Sequence identity is seq_id = prompt key × n + sample index, where the prompt k
 row in the step's batch and the seed is sequence_seed(step seed, key, sample): the same on every
 worker, so N workers produce the one-worker tokens.
 
-Idle time (the figure the balance benchmarks report): per worker, the call's wall time minus the
-time it spent in engine steps.
+Idle time (the figure the balance benchmarks report): per worker, the slowest worker's engine time
+minus its own — the time it waited for the slowest; the call's overhead (wall − the slowest's
+engine time) is logged apart.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from fastrlhf.errors import WorkerLost
 from fastrlhf.rollout.engine import sequence_seed
 from fastrlhf.rollout.sampler import SamplingParams
 from fastrlhf.rollout.sequence import Sequence
-from fastrlhf.runtime.pool import Item, LengthPredictor, assign_balanced, assign_static, prompt_cost
+from fastrlhf.runtime.pool import Item, LengthPredictor, assign_balanced, assign_static, idle_seconds, prompt_cost
 from fastrlhf.runtime.pool_call import PoolCall, is_worker_gone
 from fastrlhf.runtime.rollout_worker import RolloutWorker
 
@@ -60,12 +62,47 @@ class CallStats:
     restarts: int = 0
 
     def metrics(self) -> dict[str, float]:
-        idle = [max(0.0, self.wall - b) for b in self.busy]
+        """idle = Σ_w (slowest worker's busy − busy_w): the time workers waited for the slowest one;
+        overhead = wall − the slowest worker's busy: the call's own cost (start, replies, return),
+        during which no worker could have worked."""
+        slowest = max(self.busy, default=0.0)
+        idle = idle_seconds(self.busy, slowest)
         return {"rollout/idle_s": sum(idle), "rollout/idle_max_s": max(idle, default=0.0),
-                "rollout/idle_fraction": sum(idle) / max(self.wall * len(self.busy), 1e-9),
+                "rollout/idle_fraction": sum(idle) / max(slowest * len(self.busy), 1e-9),
+                "rollout/overhead_s": max(0.0, self.wall - slowest),
                 "rollout/rounds": float(self.rounds), "rollout/migrated": float(self.migrated),
                 "rollout/migrated_kv": float(self.migrated_kv),
                 "rollout/rerun": float(self.rerun), "rollout/worker_restarts": float(self.restarts)}
+
+
+class StepCostFit:
+    """Least-squares fit of busy seconds = a · engine steps + b · tokens over every advance reply:
+    batched decoding costs a + b·B per step. `step_tokens` = a / b is the fixed cost of a step in
+    tokens (runtime/pool.worker_time), 0 until 8 replies make the fit well-posed."""
+
+    def __init__(self):
+        self.sums = [0.0] * 5  # Σ s², Σ s·k, Σ k², Σ s·y, Σ k·y
+        self.count = 0
+
+    def add(self, steps: int, tokens: int, seconds: float) -> None:
+        if steps <= 0:
+            return
+        for i, v in enumerate((steps * steps, steps * tokens, tokens * tokens, steps * seconds, tokens * seconds)):
+            self.sums[i] += v
+        self.count += 1
+
+    def coefficients(self) -> tuple[float, float] | None:
+        ss, sk, kk, sy, ky = self.sums
+        det = ss * kk - sk * sk
+        if self.count < 8 or det <= 1e-9 * ss * kk:
+            return None
+        a, b = (kk * sy - sk * ky) / det, (ss * ky - sk * sy) / det
+        return (a, b) if b > 0 else None
+
+    @property
+    def step_tokens(self) -> float:
+        fit = self.coefficients()
+        return 0.0 if fit is None else min(max(fit[0] / fit[1], 0.0), 10_000.0)
 
 
 class RolloutPool:
@@ -86,6 +123,7 @@ class RolloutPool:
         self.predictor = LengthPredictor(alpha=0.5, default=config.rollout.max_new_tokens / 2)
         self.last = CallStats()
         self.call_id = 0
+        self.step_cost = StepCostFit()
         self.sync_log: list[tuple[int, float]] = []  # (bytes, seconds) of every worker's last loads
 
     # ------------------------------------------------------------------ weights
@@ -155,10 +193,11 @@ class RolloutPool:
 
     def _assign(self, prompts: list[list[int]], texts: list[str], n: int) -> list[list[int]]:
         workers = len(self.workers)
-        items = [Item(k, prompt_cost(n, self.predictor.predict(t), len(p))) for k, (p, t) in enumerate(zip(prompts, texts))]
+        predicted = [self.predictor.predict(t) for t in texts]
+        items = [Item(k, prompt_cost(n, predicted[k], len(p)), predicted[k]) for k, p in enumerate(prompts)]
         if self.runtime.balance == "static":
             return assign_static(items, workers)
-        return assign_balanced(items, workers)
+        return assign_balanced(items, workers, step_tokens=self.step_cost.step_tokens)
 
     def close(self) -> None:
         import ray

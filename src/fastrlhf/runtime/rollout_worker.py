@@ -119,19 +119,25 @@ class RolloutWorker:
     @torch.no_grad()
     def advance(self, call_id: int, seconds: float) -> tuple[list, dict, float]:
         """Engine steps for about `seconds` (at least one while work is left) → (finished sequences
-        since the last call, the load after, busy seconds)."""
+        since the last call, the load after — with the steps run and tokens made — busy seconds)."""
         self._check_call(call_id)
         started = time.perf_counter()
         scheduler = self.engine.scheduler
+        steps = tokens = 0
         while not scheduler.done:
+            before = len(self.engine.finished)
             self.engine.step()
+            steps += 1
+            tokens += len(scheduler.running) + len(self.engine.finished) - before  # ≈ one token per sequence
             if time.perf_counter() - started >= seconds:
                 break
         busy = time.perf_counter() - started
         finished, self.engine.finished = self.engine.finished, []
         for seq in finished:  # the driver may have no GPU
             seq.logprobs = seq.logprobs.cpu()
-        return finished, self.engine.load(), busy
+        load = self.engine.load()
+        load.update(steps=steps, tokens=tokens)  # for the pool's step-cost fit (rollout_pool.StepCostFit)
+        return finished, load, busy
 
     def take(self, call_id: int, seq_ids: list[int], with_kv: bool = False) -> list:
         """Give up those of these sequences that are still unfinished here (the others finished since

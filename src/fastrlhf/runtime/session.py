@@ -5,7 +5,8 @@ the same methods — set_step, begin / commit / rollback, save / load, eval_metr
 `executor()` for the graph walk; it never learns which backend runs. This object owns:
 
 - the Ray connection (runtime/cluster.py: a private local cluster, or `runtime.address`);
-- the trainer group (runtime/trainer_group.py): M ranks, reference / reward / critic on rank 0;
+- the trainer group (runtime/trainer_group.py): M ranks, reference / reward / critic on rank 0 —
+  or the reference and reward on a separate scoring actor (`runtime.scoring=separate`);
 - the rollout pool (runtime/rollout_pool.py): N engines, balanced, migrating, fault-tolerant;
 - the role proxies the executor calls: `ActorRole` (generate on the pool, train on the group, the
   weight sync between them) and `TrainerRole` (ref / reward / critic on the group).
@@ -64,22 +65,23 @@ class ActorRole:
 
 
 class TrainerRole:
-    """A role living on the trainer group (ref, reward, critic): inference on rank 0, train on all."""
+    """A role living on a trainer group (ref, reward, critic): inference on its rank 0, train on all
+    ranks. `group` is the trainer group, or the separate scoring actor (runtime.scoring=separate)."""
 
-    def __init__(self, session: "RaySession", role: str):
-        self.session, self.role = session, role
+    def __init__(self, group, role: str):
+        self.group, self.role = group, role
 
     def inference(self, batch: Batch):
-        return self.session.trainers.infer(self.role, "inference", batch)
+        return self.group.infer(self.role, "inference", batch)
 
     def submit(self, kind: str, batch: Batch):
-        return self.session.trainers.submit(self.role, kind, batch)
+        return self.group.submit(self.role, kind, batch)
 
     def collect(self, refs: list) -> list:
-        return self.session.trainers.collect(refs)
+        return self.group.collect(refs)
 
     def train(self, batch: Batch) -> dict[str, float]:
-        return self.session.trainers.train(self.role, batch)
+        return self.group.train(self.role, batch)
 
 
 class RaySession:
@@ -88,7 +90,7 @@ class RaySession:
         from fastrlhf.runtime.trainer_group import TrainerGroup
 
         self.config = config
-        self.trainers = self.pool = None
+        self.trainers = self.pool = self.scorer = None
         self.owns_ray = cluster.connect(config.runtime)
         try:
             self.tokenizer = load_tokenizer(model_directory(config))
@@ -101,10 +103,13 @@ class RaySession:
             self.kl_from_samples = self.trainers.info["kl_from_samples"]
             if any(call.kind == "generate" for call in self.graph.calls):
                 self.pool = RolloutPool(config, self.trainers.info["rollout_dtype"])
+            if config.runtime.scoring == "separate" and {"ref", "reward"} & set(self.graph.roles):
+                self.scorer = TrainerGroup(config, schedule_steps, scoring=True)
             self.workers = {"actor": ActorRole(self)}
             for role in self.graph.roles:
                 if role != "actor":
-                    self.workers[role] = TrainerRole(self, role)
+                    on_scorer = self.scorer is not None and role in ("ref", "reward")
+                    self.workers[role] = TrainerRole(self.scorer if on_scorer else self.trainers, role)
         except BaseException:
             self.close()
             raise
@@ -147,13 +152,13 @@ class RaySession:
 
     def close(self) -> None:
         """Stop the run's actors, and the Ray cluster if this session started it."""
-        for group in (self.pool, self.trainers):
+        for group in (self.pool, self.trainers, self.scorer):
             if group is not None:
                 try:
                     group.close()
                 except Exception:  # noqa: BLE001 - already dead: nothing to stop
                     pass
-        self.pool = self.trainers = None
+        self.pool = self.trainers = self.scorer = None
         if self.owns_ray:
             cluster.disconnect()
             self.owns_ray = False

@@ -16,6 +16,10 @@ ranks connect to it — no "find a free port, close it, hope" race. A rank that 
 `WorkerLost` naming it; a process group cannot be rejoined, so the run stops (its last checkpoint
 is intact) rather than continuing with M − 1 ranks.
 
+With `runtime.scoring=separate` the reference and the reward run on one more actor of the same
+kind (a `TrainerGroup(scoring=True)`, which serves only inference calls; it builds the same state,
+so it also holds an unused optimizer — simple, at the cost of that memory).
+
 Left out: placement groups across nodes (ranks are placed by Ray's default scheduler), restarting a
 trainer rank in place, sharded (FSDP) state.
 """
@@ -100,14 +104,16 @@ class TrainerRank:
 class TrainerGroup:
     """Driver-side handle of the M trainer ranks."""
 
-    def __init__(self, config: Config, schedule_steps: int):
+    def __init__(self, config: Config, schedule_steps: int, scoring: bool = False):
+        """`scoring=True`: one actor that only serves inference calls (runtime.scoring=separate)."""
         import ray
 
         rt = config.runtime
-        self.world = rt.trainer_workers
-        actor = ray.remote(TrainerRank).options(num_cpus=rt.trainer_cpus, num_gpus=rt.trainer_gpus, max_restarts=0)
-        self.ranks = [actor.remote(config.to_dict(), schedule_steps, r, self.world, rt.trainer_cpus)
-                      for r in range(self.world)]
+        self.world = 1 if scoring else rt.trainer_workers
+        self.label = "the scoring worker" if scoring else "trainer rank"
+        cpus, gpus = (rt.scoring_cpus, rt.scoring_gpus) if scoring else (rt.trainer_cpus, rt.trainer_gpus)
+        actor = ray.remote(TrainerRank).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0)
+        self.ranks = [actor.remote(config.to_dict(), schedule_steps, r, self.world, cpus) for r in range(self.world)]
         host, port = self._get([self.ranks[0].open_store.remote()])[0]
         self.info = self._get([rank.setup.remote(host, port) for rank in self.ranks])[0]
 
@@ -119,7 +125,8 @@ class TrainerGroup:
             return ray.get(refs)
         except ray.exceptions.RayActorError as exc:
             dead = self._dead_rank(refs)
-            raise WorkerLost(f"trainer rank {dead} of {self.world} died ({type(exc).__name__}: "
+            who = self.label if self.label != "trainer rank" else f"trainer rank {dead} of {self.world}"
+            raise WorkerLost(f"{who} died ({type(exc).__name__}: "
                              f"{str(exc).strip().splitlines()[0][:200]})") from None
 
     def _dead_rank(self, refs: list) -> int:

@@ -42,7 +42,8 @@ HONOURED = frozenset({
     # trainer ranks change only the order of the gradient sum
     "runtime.backend", "runtime.address", "runtime.rollout_workers", "runtime.trainer_workers", "runtime.rollout_cpus",
     "runtime.trainer_cpus", "runtime.rollout_gpus", "runtime.trainer_gpus", "runtime.balance",
-    "runtime.migrate_threshold", "runtime.migrate_with", "runtime.round_seconds", "runtime.stream_scoring", "runtime.sync_bucket_mb",
+    "runtime.migrate_threshold", "runtime.migrate_with", "runtime.round_seconds", "runtime.stream_scoring",
+    "runtime.scoring", "runtime.scoring_cpus", "runtime.scoring_gpus", "runtime.sync_bucket_mb",
     "runtime.max_restarts",
 })
 
