@@ -163,6 +163,8 @@ class TrainSection:
                                             "train.micro_batch_size)", at_least(0))
     mini_batches: int = option(1, "optimizer steps per rollout batch (each on 1/mini_batches of it)",
                                at_least(1))
+    off_policy_steps: int = option(1, "Async RLHF's 'N off-policy steps': generate N steps' rollouts with one "
+                                      "policy, then take the N steps (1 = on-policy; docs/async.md)", at_least(1))
     seed: int = option(0, "one seed for data order, sampling and init", at_least(0))
     eval_every: int = option(50, "held-out evaluation every N steps (0 = only at start and end)",
                              at_least(0))
@@ -216,6 +218,10 @@ class RuntimeSection:
                                         "long tail still generates")
     sync_bucket_mb: int = option(64, "ray: weight-sync bucket size (MB)", at_least(1))
     max_restarts: int = option(3, "ray: restarts of a crashed rollout worker before the run stops", at_least(0))
+    max_staleness: int = option(0, "asynchronous rollouts (Async RLHF): step j trains on samples generated with the "
+                                   "weights of step j - K, generated while the trainer works (0 = synchronous; "
+                                   "with backend=local the generator runs as one Ray actor; docs/async.md)",
+                                at_least(0))
 
 
 @dataclass
@@ -352,8 +358,25 @@ def check_consistency(config: Config) -> None:
                         f"beside the trainer; with runtime.backend=ray use speculative=ngram or off")
     if config.runtime.backend == "local" and (config.runtime.rollout_workers > 1 or config.runtime.trainer_workers > 1):
         raise UserError("config: runtime.rollout_workers / trainer_workers > 1 need runtime.backend=ray")
+    _check_async(config)
     if config.algorithm.freeze_actor_steps and name != "ppo":
         raise UserError(f"config: 'algorithm.freeze_actor_steps' warms up PPO's critic; {name} has none")
+
+
+def _check_async(config: Config) -> None:
+    """Rollouts generated ahead of their step (runtime.max_staleness, train.off_policy_steps)."""
+    staleness, n = config.runtime.max_staleness, config.train.off_policy_steps
+    if not staleness and n == 1:
+        return
+    what = f"runtime.max_staleness={staleness}" if staleness else f"train.off_policy_steps={n}"
+    if staleness and n > 1:
+        raise UserError("config: runtime.max_staleness and train.off_policy_steps > 1 are two ways to run rollouts "
+                        "ahead; set one of them")
+    if config.algorithm.name == "dpo":
+        raise UserError(f"config: {what} runs rollouts ahead of training; offline dpo generates none")
+    if config.rollout.speculative in ("draft", "adaptive"):
+        raise UserError(f"config: {what} with rollout.speculative={config.rollout.speculative}: the draft model's "
+                        f"refresh distils on the step's own rollouts; use speculative=ngram or off")
 
 
 def all_keys() -> list[str]:

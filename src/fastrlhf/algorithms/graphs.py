@@ -21,6 +21,8 @@ executor through `prompt_index`):
     response_mask   int64/bool   [N, T]  1 on generated tokens (where log-probs and losses live)
     logprobs        float        [N, T]  behaviour-policy log-probs of each token (pi_old), 0 elsewhere
     completions     list[str]    [N]     decoded responses, for reward functions
+    policy_version  int64        [N]     the policy version that generated the sample (its staleness
+                                         at train time = the trainer's version − this)
     rewards         float        [N]     scalar reward per sample
     ref_logprobs    float        [N, T]  frozen reference log-probs of each token
 
@@ -40,7 +42,8 @@ from collections.abc import Callable, Sequence
 
 from fastrlhf.dataflow.graph import ROW_SOURCE_KEY, Graph, ModelCall
 
-GENERATE_OUTPUTS = (ROW_SOURCE_KEY, "sequences", "attention_mask", "response_mask", "logprobs", "completions")
+GENERATE_OUTPUTS = (ROW_SOURCE_KEY, "sequences", "attention_mask", "response_mask", "logprobs", "completions",
+                    "policy_version")
 SEQUENCE_INPUTS = ("sequences", "attention_mask", "response_mask")
 
 
@@ -59,7 +62,7 @@ def grpo_graph(extra_reward_inputs: Sequence[str] = (), use_reference: bool = Tr
     ]
     if use_reference:
         calls.append(ModelCall("ref", "inference", inputs=SEQUENCE_INPUTS, outputs=reference_keys))
-    train_inputs = (*SEQUENCE_INPUTS, "logprobs", *reference_keys, "rewards", ROW_SOURCE_KEY)
+    train_inputs = (*SEQUENCE_INPUTS, "logprobs", *reference_keys, "rewards", ROW_SOURCE_KEY, "policy_version")
     calls.append(ModelCall("actor", "train", inputs=train_inputs))
     return Graph(calls, data_keys=("prompts", *extra_reward_inputs))
 
@@ -81,7 +84,7 @@ def ppo_graph(extra_reward_inputs: Sequence[str] = (), use_reference: bool = Tru
     if use_reference:
         calls.append(ModelCall("ref", "inference", inputs=SEQUENCE_INPUTS, outputs=reference_keys))
     targets = (*SEQUENCE_INPUTS, "logprobs", *reference_keys, "rewards", "values")
-    calls.append(ModelCall("actor", "train", inputs=(*targets, ROW_SOURCE_KEY)))
+    calls.append(ModelCall("actor", "train", inputs=(*targets, ROW_SOURCE_KEY, "policy_version")))
     calls.append(ModelCall("critic", "train", inputs=targets))
     return Graph(calls, data_keys=("prompts", *extra_reward_inputs))
 

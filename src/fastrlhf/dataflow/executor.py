@@ -28,11 +28,15 @@ timing (a GPU worker should synchronise before returning for the timing to be me
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fastrlhf.dataflow.batch import Batch
 from fastrlhf.dataflow.graph import ROW_SOURCE_KEY, Graph, ModelCall
+
+
+# a call that ran before the iteration: (what its worker returned, its seconds)
+Done = tuple[object, float]
 
 
 class ExecutorError(RuntimeError):
@@ -65,24 +69,35 @@ class LocalExecutor:
         self.on_call = on_call
         _check_workers(graph, self.workers)
 
-    def run(self, data: Batch) -> IterationResult:
-        """One iteration: `data` holds the graph's data keys (one row per prompt)."""
+    def run(self, data: Batch, done: Mapping[str, Done] | None = None,
+            only: Sequence[str] | None = None) -> IterationResult:
+        """One iteration: `data` holds the graph's data keys (one row per prompt).
+
+        `done`: calls that already ran (rollouts made ahead, train/rollout_queue.py) — their results
+        are merged as if they had run here. `only`: run just these calls (and merge their outputs)."""
+        result = self._start(data)
+        for call in self.graph.order:
+            if only is None or call.name in only:
+                self._run_call(call, result, (done or {}).get(call.name))
+        return result
+
+    def _start(self, data: Batch) -> IterationResult:
         missing = [key for key in self.graph.data_keys if key not in data]
         if missing:
             raise ExecutorError(f"data batch lacks the graph's data key(s) {missing}; it has {list(data.keys())}")
-        result = IterationResult(batch=data)
-        for call in self.graph.order:
-            self._run_call(call, result)
-        return result
+        return IterationResult(batch=data)
 
-    def _run_call(self, call: ModelCall, result: IterationResult) -> None:
-        method = getattr(self.workers[call.role], call.kind)
+    def _run_call(self, call: ModelCall, result: IterationResult, done: Done | None = None) -> None:
         inputs = result.batch.select_keys(call.inputs)
-        if self.on_call is not None:
-            self.on_call(call.name)
-        started = self.clock()
-        returned = method(inputs)
-        result.seconds[call.name] = self.clock() - started
+        if done is not None:
+            returned, result.seconds[call.name] = done
+        else:
+            method = getattr(self.workers[call.role], call.kind)
+            if self.on_call is not None:
+                self.on_call(call.name)
+            started = self.clock()
+            returned = method(inputs)
+            result.seconds[call.name] = self.clock() - started
         if call.kind == "train":
             result.stats[call.name] = dict(returned or {})
             return

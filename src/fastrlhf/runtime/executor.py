@@ -34,19 +34,24 @@ class RayExecutor(LocalExecutor):
         self.stream = stream
         self.sync_targets = {edge.target for edge in graph.weight_syncs}
 
-    def run(self, data: Batch) -> IterationResult:
-        missing = [key for key in self.graph.data_keys if key not in data]
-        if missing:
-            raise ExecutorError(f"data batch lacks the graph's data key(s) {missing}; it has {list(data.keys())}")
-        result = IterationResult(batch=data)
+    def run(self, data: Batch, done=None, only=None) -> IterationResult:
+        """LocalExecutor.run's contract; a call in `done` (made ahead) is merged without a weight sync
+        or streaming (its samples are finished; their scoring runs here)."""
+        result = self._start(data)
+        done = done or {}
         pending: dict[str, list] = {}
         for call in self.graph.order:
+            if only is not None and call.name not in only:
+                continue
             if call.name in pending:
                 self._collect(call, pending.pop(call.name), result)
                 continue
+            if call.name in done:
+                self._run_call(call, result, done[call.name])
+                continue
             if call.name in self.sync_targets:
                 self._sync(call, result)
-            streamable = self.graph.streamable(call) if call.kind == "generate" and self.stream else ()
+            streamable = self.graph.streamable(call) if call.kind == "generate" and self.stream and only is None else ()
             if streamable:
                 self._generate_streaming(call, streamable, result, pending)
             else:

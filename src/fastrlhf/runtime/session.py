@@ -138,8 +138,16 @@ class RaySession:
     def after_step(self, step: int, batch, seed: int) -> dict[str, float]:
         return {}  # draft-model refresh is refused on ray (config.check_consistency)
 
-    def save(self, run_dir, step: int, extra: dict, config_yaml: str) -> None:
-        self.trainers.first("save", run_dir, step, extra, config_yaml)
+    def save(self, run_dir, step: int, extra: dict, config_yaml: str, rollouts: list = ()) -> None:
+        self.trainers.first("save", run_dir, step, extra, config_yaml, list(rollouts))
+
+    def rollout_pool(self):
+        """The rollout pool, for the asynchronous generator (runtime/async_rollouts.py)."""
+        return self.pool
+
+    def publish_weights(self, bucket_mb: int):
+        """A snapshot of trainer rank 0's committed policy in the object store (runtime/weights.publish)."""
+        return self.trainers.publish(bucket_mb)
 
     def load(self, path):
         return self.trainers.all("load", path)[0]

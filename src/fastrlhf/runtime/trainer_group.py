@@ -27,7 +27,6 @@ trainer rank in place, sharded (FSDP) state.
 from __future__ import annotations
 
 import socket
-import time
 from datetime import timedelta
 
 import torch
@@ -90,15 +89,9 @@ class TrainerRank:
     def publish(self, bucket_mb: int) -> tuple[int, list, int, float]:
         """The committed policy as checksummed buckets in the object store → (version, refs, bytes,
         seconds to pack and put)."""
-        import ray
+        from fastrlhf.runtime.weights import publish
 
-        from fastrlhf.runtime.weights import bucket_bytes, pack
-
-        started = time.perf_counter()
-        version = self.state.policy_version
-        buckets = pack(self.state.model.state_dict(), version, self.state.precision.dtype, bucket_mb)
-        refs = [ray.put(b) for b in buckets]
-        return version, refs, bucket_bytes(buckets), time.perf_counter() - started
+        return publish(self.state.model.state_dict(), self.state.policy_version, self.state.precision.dtype, bucket_mb)
 
 
 class TrainerGroup:

@@ -18,6 +18,7 @@ workers); delta sync of changed tensors only.
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import dataclass, field
 
@@ -84,6 +85,20 @@ def pack(state: dict[str, torch.Tensor], version: int, dtype: torch.dtype | None
 
 def bucket_bytes(buckets: list[Bucket]) -> int:
     return sum(int(b.data.nbytes) for b in buckets)
+
+
+def publish(state: dict[str, torch.Tensor], version: int, dtype: torch.dtype | None = None,
+            bucket_mb: int = 64) -> tuple[int, list, int, float]:
+    """Version `version` of `state` into Ray's object store → (version, bucket refs, bytes, seconds).
+
+    The buckets are copies (`pack` concatenates each tensor's bytes) and an object is immutable once
+    put, so what a rollout worker later loads is the weights as they were at this call — a snapshot,
+    whatever the trainer does to its tensors afterwards."""
+    import ray
+
+    started = time.perf_counter()
+    buckets = pack(state, version, dtype, bucket_mb)
+    return version, [ray.put(b) for b in buckets], bucket_bytes(buckets), time.perf_counter() - started
 
 
 def unpack(buckets: list[Bucket], version: int, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -169,11 +169,13 @@ def load_optimizer(path: Path, model, optimizer, scheduler) -> None:
 # ------------------------------------------------------------------------------- save / load
 def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler, rng_state: dict, extra: dict,
                     config_yaml: str, keep: int = 2, extra_files: dict[str, str | bytes] | None = None,
-                    companions: dict[str, tuple] | None = None) -> Path:
+                    companions: dict[str, tuple] | None = None, write_more=None) -> Path:
     """Write `run_dir/checkpoints/step_{step:06d}/` atomically; keep the newest `keep`; return its path.
 
     `companions` {name: (model, optimizer, scheduler)}: further trained models (the PPO critic),
-    each saved the same way in the sub-directory `name/` of the same atomic checkpoint."""
+    each saved the same way in the sub-directory `name/` of the same atomic checkpoint.
+    `write_more(directory)`: writes further files into the checkpoint (covered by its checksums),
+    e.g. the queued rollouts of an off-policy run (train/rollout_queue.save_rollouts)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".*step_*.tmp*"):  # ours and save_model's own temp dirs
@@ -183,6 +185,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler,
         _save_trained(tmp, model, optimizer, scheduler, extra_files)
         for name, (other, other_optimizer, other_scheduler) in (companions or {}).items():
             _save_trained(tmp / name, other, other_optimizer, other_scheduler, None)
+        if write_more is not None:
+            write_more(tmp)
         rng_tensors, rng_plain = _split_rng(rng_state)
         save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
         _write_json(tmp / "rng.json", rng_plain)

@@ -23,7 +23,11 @@ Precision (`model.dtype`, model/precision.py): the actor and critic train under 
 master weights; the engine decodes from a low-precision copy refreshed before each generate; the
 reference and reward model are stored in the compute dtype.
 
-Left out: distributed runs, async / off-policy rollouts.
+Rollouts made ahead (`train.off_policy_steps`, `runtime.max_staleness`; train/rollout_queue.py, docs/async.md):
+a step then trains on a rollout generated earlier — its prompts, samples and the version that made
+them — and each checkpoint holds the queued rollouts made from weights it no longer has.
+
+Left out: several generate calls per step.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from fastrlhf.train.checkpoint import latest_checkpoint, read_checkpoint_info
 from fastrlhf.train.data import pair_batch, prompt_batch
 from fastrlhf.train.interrupt import GracefulStop, TrainingInterrupted
 from fastrlhf.train.resume import check_resume_changes
+from fastrlhf.train.rollout_queue import InlineRollouts, Rollout, RolloutSchedule, load_rollouts
 from fastrlhf.train.state import TrainingState
 from fastrlhf.train.watchdog import Watchdog
 from fastrlhf.updates import NonFiniteUpdate
@@ -97,13 +102,21 @@ class Run:
             graph, self.trainer.workers)
         self.start_step = self.current_step = 0
         self.data_position = 0  # prompts consumed so far
+        self.step_prompts = t.prompts_per_step  # prompts the current step consumes
         self.nonfinite_skips = self.consecutive_skips = 0
-        if self.resume_from is not None:
-            try:
+        self.schedule = RolloutSchedule(config.runtime.max_staleness, t.off_policy_steps)
+        self.generate_call = next((c for c in graph.calls if c.kind == "generate"), None)
+        self.rollouts = None  # rollouts made ahead of their step (train/rollout_queue.py), None when synchronous
+        try:
+            if self.resume_from is not None:
                 self._resume()
-            except BaseException:
-                self.close()
-                raise
+            if not self.schedule.synchronous:
+                self.rollouts = self._make_rollouts()
+                if self.resume_from is not None:
+                    self.rollouts.restore(load_rollouts(self.resume_from / "rollouts"))
+        except BaseException:
+            self.close()
+            raise
 
     def _check_run_dir(self, resume: bool) -> Path | None:
         """The checkpoint to resume from (None: start at step 0), or a UserError for a directory we must not use."""
@@ -125,23 +138,59 @@ class Run:
         self.nonfinite_skips = int(extra.get("nonfinite_skips", 0))
         self.consecutive_skips = int(extra.get("consecutive_skips", 0))
 
+    def _make_rollouts(self):
+        """The producer of rollouts made ahead: in this process (N off-policy steps) or a generator
+        thread driving the rollout pool (max_staleness K ≥ 1, runtime/async_rollouts.py)."""
+        t = self.config.train
+        if self.schedule.max_staleness == 0:
+            return InlineRollouts(self.schedule, t.steps, self._generate_ahead, self.data_position)
+        from fastrlhf.runtime.async_rollouts import AsyncRollouts
+
+        return AsyncRollouts(self.schedule, t.steps, self.trainer.rollout_pool(),
+                             lambda: self.trainer.publish_weights(self.config.runtime.sync_bucket_mb),
+                             self._data_at, self.tokenizer, self.trainer.params, lambda j: step_seed(t.seed, j),
+                             first_step=self.start_step, first_position=self.data_position)
+
+    def _data_at(self, position: int):
+        """One step's data: the `prompts_per_step` prompt rows (or tokenised pairs) from `position`."""
+        rows = self.source.rows_at(position, self.config.train.prompts_per_step)
+        if self.needs_pairs:
+            return pair_batch(rows, self.tokenizer)
+        return prompt_batch(rows, self.source.field_names)
+
+    def _generate_ahead(self, step: int, position: int) -> Rollout:
+        """Step `step`'s generate call, now, with the current weights (N off-policy steps)."""
+        name = self.generate_call.name
+        data = self._data_at(position)
+        self.trainer.set_step(step, step_seed(self.config.train.seed, step))
+        version = self.trainer.policy_version
+        result = self.executor.run(data, only=(name,))
+        stats = {k: v for call_stats in result.stats.values() for k, v in call_stats.items()}
+        return Rollout(step, version, position, data, result.batch.select_keys(self.generate_call.outputs), stats,
+                       sum(result.seconds.values()))
+
     def eval_metrics(self) -> dict[str, float]:
         return self.trainer.eval_metrics()
 
     def step(self, step: int) -> dict[str, float]:
-        """Step `step` (0-based) on the next `prompts_per_step` prompts; the caller advances the data
-        position once the step is committed (or skipped)."""
+        """Step `step` (0-based) on the next `prompts_per_step` prompts — or on the rollout made ahead
+        for it; the caller advances the data position once the step is committed (or skipped)."""
         t = self.config.train
         self.current_step = step
-        rows = self.source.rows_at(self.data_position, t.prompts_per_step)
-        if self.needs_pairs:
-            data = pair_batch(rows, self.tokenizer)
-        else:
-            data = prompt_batch(rows, self.source.field_names)
-        self.trainer.set_step(step, step_seed(t.seed, step))
         started = time.perf_counter()
-        result = self.executor.run(data)
+        waited = None
+        if self.rollouts is None:
+            data, done = self._data_at(self.data_position), None
+        else:
+            rollout, waited = self.rollouts.next(step, self.trainer.policy_version)
+            data = rollout.data
+            done = {self.generate_call.name: ((rollout.outputs, rollout.stats), rollout.seconds)}
+        self.step_prompts = len(data) if not self.needs_pairs else t.prompts_per_step
+        self.trainer.set_step(step, step_seed(t.seed, step))
+        result = self.executor.run(data, done=done)
         metrics = self.trainer.after_step(step, result.batch, step_seed(t.seed, step))  # draft refresh, if due
+        if waited is not None:
+            metrics["time/rollout_wait"] = waited  # the part of generation the trainer waited for
         for call_stats in result.stats.values():
             metrics.update(call_stats)
         for name, seconds in result.seconds.items():
@@ -170,7 +219,7 @@ class Run:
             metrics = {"nonfinite_skips": float(self.nonfinite_skips),
                        "nonfinite_skipped_total": float(self.nonfinite_skips)}
             if self.consecutive_skips >= self.config.train.max_nonfinite_skips:
-                self.data_position += self.config.train.prompts_per_step
+                self._consumed(step)
                 error = NonFiniteError(f"step {step + 1}: {bad}; {self.consecutive_skips} steps in a row were skipped "
                                        f"for non-finite updates (train.max_nonfinite_skips) — lower train.lr, set "
                                        f"train.grad_clip, or check the reward scale")
@@ -190,13 +239,20 @@ class Run:
                 raise self.torn_step(step, exc) from exc
             self.consecutive_skips = 0
             metrics["nonfinite_skips"] = float(self.nonfinite_skips)
-        self.data_position += self.config.train.prompts_per_step
+        self._consumed(step)
         return metrics
+
+    def _consumed(self, step: int) -> None:
+        """Step `step` is done (committed or skipped): its prompts and its rollout are used up."""
+        self.data_position += self.step_prompts
+        if self.rollouts is not None:
+            self.rollouts.consumed(step)
 
     def checkpoint(self, step: int) -> None:
         extra = {"data_position": self.data_position, "schedule_steps": self.schedule_steps,
                  "nonfinite_skips": self.nonfinite_skips, "consecutive_skips": self.consecutive_skips}
-        self.trainer.save(self.run_dir, step, extra, self.config.to_yaml())
+        queued = self.rollouts.saved(step) if self.rollouts is not None else []
+        self.trainer.save(self.run_dir, step, extra, self.config.to_yaml(), rollouts=queued)
 
     def saved_step(self) -> int | None:
         saved = latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
@@ -235,7 +291,9 @@ class Run:
         return self.trainer.export(self.run_dir / "final")
 
     def close(self) -> None:
-        """Stop the run's workers (Ray actors; nothing for the local backend)."""
+        """Stop the run's generator thread and workers (Ray actors; nothing else for the local backend)."""
+        if getattr(self, "rollouts", None) is not None:
+            self.rollouts.close()
         if hasattr(self.trainer, "close"):
             self.trainer.close()
 
@@ -253,7 +311,8 @@ def build_trainer(config: Config, schedule_steps: int):
         from fastrlhf.runtime.session import RaySession
 
         return RaySession(config, schedule_steps)
-    return TrainingState(config, schedule_steps)
+    # asynchronous rollouts come from a rollout worker (runtime/async_rollouts.py): no engine here
+    return TrainingState(config, schedule_steps, with_engine=config.runtime.max_staleness == 0)
 
 
 def train(config: Config, resume: bool = False, show_progress: bool = True) -> RunResult:

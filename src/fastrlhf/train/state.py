@@ -34,6 +34,7 @@ from fastrlhf.train.data import prompt_source
 from fastrlhf.train.evaluate import evaluate, evaluate_preference
 from fastrlhf.train.optim import build_optimizer, build_scheduler
 from fastrlhf.train.reward_workers import reward_worker
+from fastrlhf.train.rollout_queue import save_rollouts
 from fastrlhf.train.transaction import StepTransaction
 from fastrlhf.train.workers import ActorWorker, ReferenceWorker
 
@@ -98,6 +99,7 @@ class TrainingState:
         self.transaction = StepTransaction({"actor": (self.model, self.optimizer, self.scheduler), **self.companions()},
                                            snapshots=t.atomic_steps)
         self.actor.deferred = self.transaction.deferred  # their last update of a step applies at commit
+        self.actor.staleness_bound = max(config.runtime.max_staleness, t.off_policy_steps - 1)
         if self.critic is not None:
             self.critic.deferred = self.transaction.deferred
 
@@ -132,6 +134,38 @@ class TrainingState:
         """The draft model's refresh, if due (train/speculation.py)."""
         return self.speculation.after_step(step, batch, seed)
 
+    # ------------------------------------------------------------------ asynchronous rollouts (K ≥ 1)
+    def rollout_pool(self):
+        """The generator of an asynchronous local run: one rollout worker as a Ray actor on a private
+        cluster (runtime/rollout_pool.py) — its own process, so generation and training overlap. This
+        process then keeps the CPUs the worker does not take."""
+        import os
+
+        from fastrlhf.runtime import cluster
+        from fastrlhf.runtime.rollout_pool import RolloutPool
+
+        self.owns_ray = cluster.connect(self.config.runtime)
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - self.config.runtime.rollout_cpus))
+        self.pool = RolloutPool(self.config, str(self.precision.dtype).removeprefix("torch."))
+        return self.pool
+
+    def publish_weights(self, bucket_mb: int) -> tuple[int, list, int, float]:
+        """A snapshot of the policy in the object store → (version, refs, bytes, seconds to pack + put)."""
+        from fastrlhf.runtime.weights import publish
+
+        return publish(self.model.state_dict(), self.policy_version, self.precision.dtype, bucket_mb)
+
+    def close(self) -> None:
+        """Stop the asynchronous generator's pool and the Ray cluster this run started (if any)."""
+        pool, self.pool = getattr(self, "pool", None), None
+        if pool is not None:
+            pool.close()
+        if getattr(self, "owns_ray", False):
+            from fastrlhf.runtime import cluster
+
+            cluster.disconnect()
+            self.owns_ray = False
+
     # ------------------------------------------------------------------ checkpoints, eval, export
     def companions(self) -> dict:
         """Other trained models saved in each checkpoint (the PPO critic, a distilled draft model)."""
@@ -140,11 +174,13 @@ class TrainingState:
             companions["critic"] = (self.critic.model, self.critic.optimizer, self.critic.scheduler)
         return companions
 
-    def save(self, run_dir: Path, step: int, extra: dict, config_yaml: str) -> None:
-        """An atomic checkpoint of step `step` (train/checkpoint.py); `extra` gets the policy version."""
+    def save(self, run_dir: Path, step: int, extra: dict, config_yaml: str, rollouts: list = ()) -> None:
+        """An atomic checkpoint of step `step` (train/checkpoint.py); `extra` gets the policy version,
+        `rollouts/` the queued rollouts made ahead (train/rollout_queue.py)."""
+        more = (lambda directory: save_rollouts(list(rollouts), directory / "rollouts")) if rollouts else None
         save_checkpoint(run_dir, step, self.model, self.optimizer, self.scheduler, capture_rng(),
                         {**extra, "policy_version": self.policy_version}, config_yaml,
-                        extra_files=self.tokenizer_files, companions=self.companions())
+                        extra_files=self.tokenizer_files, companions=self.companions(), write_more=more)
 
     def load(self, path: Path) -> tuple[int, dict]:
         """Load a checkpoint into every model, optimizer and the RNG → (step, extra)."""

@@ -39,6 +39,7 @@ from fastrlhf.model.precision import Precision, RolloutCopy
 from fastrlhf.train.logprobs import micro_logprobs, score_batch
 from fastrlhf.train.mismatch import Mismatch
 from fastrlhf.train.packing import micro_batch_rows
+from fastrlhf.train.rollout_queue import staleness_stats
 from fastrlhf.updates import DeferredUpdates, optimizer_step
 from fastrlhf.train.padding import pack_sequences
 
@@ -74,6 +75,7 @@ class ActorWorker:
         self.train_params = params if self.objective.uses_sampling_distribution else MODEL_DISTRIBUTION
         self.step_seed = 0  # set by the loop each step so sampling is reproducible after resume
         self.step = 0  # the run's step (0-based), set by the loop
+        self.staleness_bound = 0  # policy versions a sample may lag the trainer (train/rollout_queue.py)
 
     # ---------------------------------------------------------------- generate
     def generate(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
@@ -107,6 +109,9 @@ class ActorWorker:
         device = next(self.model.parameters()).device
         batch = batch.to(device)
         totals: dict[str, float] = {}
+        if "policy_version" in batch:  # every sample's age, checked against the schedule (train/rollout_queue.py)
+            lags = (self.policy_version - batch["policy_version"]).tolist()
+            totals.update(staleness_stats(lags, self.staleness_bound, self.step))
         if "rewards" in batch:
             rewards = batch["rewards"].float()
             totals.update({"reward": float(rewards.mean()),
@@ -262,6 +267,7 @@ def rollout_batch(seqs: list, tokenizer: Tokenizer, seconds: float) -> tuple[Bat
         "response_mask": response_mask,
         "logprobs": logprobs,
         "completions": [tokenizer.decode(r) for r in responses],
+        "policy_version": torch.tensor([s.policy_version for s in seqs], dtype=torch.int64),
     })
     stats = {"response_length": n_tokens / len(seqs), "rollout_tokens_per_s": n_tokens / max(seconds, 1e-9),
              "truncated_fraction": sum(s.finish_reason == "length" for s in seqs) / len(seqs)}
