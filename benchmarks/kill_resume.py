@@ -17,7 +17,9 @@ times per trial), and finally runs to the end. A trial passes when
 The table gives, per job: trials, kills, kills that landed inside a checkpoint write (a temporary
 checkpoint directory was left behind), resumes that succeeded, and bit-identical finals.
 Jobs: grpo (the default task), ppo (a critic, KL in the reward), draft (speculative rollouts with
-a distilled draft model and fixed γ, which keep a run bit-reproducible).
+a distilled draft model and fixed γ, which keep a run bit-reproducible), async (rollouts generated 2
+steps ahead by a rollout worker actor, `runtime.max_staleness=2`) and offpolicy (N = 3 off-policy
+steps): in both, checkpoints hold rollouts made from weights they no longer have.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ JOBS = {
     "grpo": [],
     "ppo": ["algorithm.name=ppo", "algorithm.kl_in=reward"],
     "draft": ["rollout.speculative=draft", "rollout.gamma=2", "rollout.draft_refresh_every=3"],
+    "async": ["runtime.max_staleness=2"],  # a generator actor 2 steps ahead: checkpoints hold queued rollouts
+    "offpolicy": ["train.off_policy_steps=3"],
 }
 
 

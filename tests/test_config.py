@@ -217,3 +217,22 @@ def test_fuzz_found_yaml_file_defects(tmp_path):
     assert error_of(huge).startswith(f"{huge}: cannot read config file")
     odd = write(tmp_path, '"tr\\nain":\n  steps: 3\n', name="odd.yaml")
     assert r"unknown section 'tr\nain'" in error_of(odd)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["runtime.max_staleness=1", "train.off_policy_steps=2"], "set one of them"),
+    (["runtime.max_staleness=1", "algorithm.name=dpo", "task.name=preference"], "offline dpo generates none"),
+    (["train.off_policy_steps=2", "rollout.speculative=draft"], "speculative=ngram or off"),
+    (["runtime.max_staleness=-1"], "'runtime.max_staleness'"),
+    (["train.off_policy_steps=0"], "'train.off_policy_steps'"),
+])
+def test_rollouts_ahead_refuse_what_they_cannot_run(overrides, expected):
+    with pytest.raises(UserError, match=expected):
+        load_config(None, overrides)
+
+
+def test_staleness_cannot_change_on_resume():
+    from fastrlhf.train.resume import check_resume_changes
+
+    with pytest.raises(UserError, match="runtime.max_staleness"):
+        check_resume_changes(load_config(None, []), load_config(None, ["runtime.max_staleness=1"]), 300)

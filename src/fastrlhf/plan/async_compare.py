@@ -14,7 +14,7 @@ Per plan, from its synchronous (K = 0) simulation with period P0:
     t = P0 - g (the rest of the iteration on the synchronous critical path),
     bound = (g + t) / max(g, t) = P0 / max(g, t),
 the speed-up of overlapping the two perfectly (a two-stage pipeline). The period of any K is
-also at least the busiest GPU's seconds of work per iteration (`busiest_gpu_seconds`): on a
+also at least the busiest GPU's seconds of work per iteration (`Simulation.busiest_gpu_seconds`): on a
 disaggregated plan that is max(g, training-side work), where the training side also runs the
 reallocation (it occupies the source GPUs) but no data transfer (an edge delay), so it is
 t + reallocation - transfers on the critical path. Left out: what staleness costs in learning
@@ -33,10 +33,10 @@ from fastrlhf.plan.graphs import get_graph
 from fastrlhf.plan.hardware import Cluster
 from fastrlhf.plan.plan import Workload
 from fastrlhf.plan.search import INF, Objective, candidates, search
-from fastrlhf.plan.simulator import Simulation, simulate
+from fastrlhf.plan.simulator import simulate
 
 STALENESS = (0, 1, 2)
-MIN_ITERS = 8  # iterations simulated per plan (at least 2K + 4: K + 1 warm-up, K drain)
+MIN_ITERS = 12  # iterations simulated per plan (at least 2K + 4: K + 1 warm-up, K drain)
 
 
 def iterations_for(max_staleness: int) -> int:
@@ -98,11 +98,6 @@ def generate_seconds(ev: Evaluator, evaluation: Evaluation) -> float:
     return calls + steps
 
 
-def busiest_gpu_seconds(sim: Simulation) -> float:
-    """Seconds of work per iteration on the busiest GPU: no schedule's period is shorter."""
-    return max(sim.gpu_busy) / sim.n_iters
-
-
 @dataclass
 class AsyncRow:
     """One plan simulated at one staleness bound."""
@@ -142,7 +137,7 @@ def simulate_row(ev: Evaluator, name: str, placements, max_staleness: int) -> As
                                                    iterations_for(max_staleness))
     return AsyncRow(name, placements, is_disaggregated(ev, placements), max_staleness,
                     sim.iteration_time, sync.iteration_time, generate_seconds(ev, evaluation),
-                    busiest_gpu_seconds(sim))
+                    sim.busiest_gpu_seconds)
 
 
 def best_sync_plan(algo: str, models: dict, cluster: Cluster, workload: Workload,

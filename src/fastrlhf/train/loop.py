@@ -113,7 +113,7 @@ class Run:
             if not self.schedule.synchronous:
                 self.rollouts = self._make_rollouts()
                 if self.resume_from is not None:
-                    self.rollouts.restore(load_rollouts(self.resume_from / "rollouts"))
+                    self._restore_rollouts()
         except BaseException:
             self.close()
             raise
@@ -137,6 +137,17 @@ class Run:
         self.data_position = int(extra.get("data_position", step * self.config.train.prompts_per_step))
         self.nonfinite_skips = int(extra.get("nonfinite_skips", 0))
         self.consecutive_skips = int(extra.get("consecutive_skips", 0))
+
+    def _restore_rollouts(self) -> None:
+        """The checkpoint's queued rollouts back into the queue; steps it holds none for (a finished
+        run extended with a larger train.steps) are generated from the resumed weights — said once."""
+        saved = load_rollouts(self.resume_from / "rollouts")
+        self.rollouts.restore(saved)
+        have = {r.step for r in saved}
+        missing = [j for j in self.schedule.ahead_of(self.start_step, self.config.train.steps) if j not in have]
+        if missing:
+            self.resume_notes.append(f"steps {missing[0] + 1}-{missing[-1] + 1} train on rollouts of the resumed "
+                                     f"weights: the checkpoint holds none for them (it ended a shorter run)")
 
     def _make_rollouts(self):
         """The producer of rollouts made ahead: in this process (N off-policy steps) or a generator

@@ -187,7 +187,8 @@ class InlineRollouts:
 
 # ------------------------------------------------------------------------------------ checkpoint files
 def save_rollouts(rollouts: list[Rollout], directory: Path) -> None:
-    """Each rollout as `step_{j:06d}.safetensors` (tensor fields of data and outputs) + `.json` (the rest)."""
+    """Each rollout as `step_{j:06d}.safetensors` (tensor fields of data and outputs) + `.json` (the rest),
+    j = its step counted from 1 as the progress line does (the rollout of step 5 follows checkpoint step_000004)."""
     directory.mkdir(parents=True, exist_ok=True)
     for r in rollouts:
         tensors, lists = {}, {}
@@ -197,14 +198,14 @@ def save_rollouts(rollouts: list[Rollout], directory: Path) -> None:
                     tensors[f"{part}/{key}"] = value.detach().cpu().contiguous()
                 else:
                     lists[f"{part}/{key}"] = list(value)
-        save_file(tensors, str(directory / f"step_{r.step:06d}.safetensors"))
+        save_file(tensors, str(directory / f"step_{r.step + 1:06d}.safetensors"))
         meta = {"step": r.step, "version": r.version, "position": r.position, "stats": r.stats,
                 "seconds": r.seconds, "rows": {"data": len(r.data), "outputs": len(r.outputs)}, "lists": lists}
         try:
             text = json.dumps(meta)
         except TypeError as exc:
             raise UserError(f"cannot checkpoint the rollout of step {r.step + 1}: a prompt field is not JSON ({exc})") from None
-        (directory / f"step_{r.step:06d}.json").write_text(text, encoding="utf-8")
+        (directory / f"step_{r.step + 1:06d}.json").write_text(text, encoding="utf-8")
 
 
 def load_rollouts(directory: Path) -> list[Rollout]:
