@@ -36,6 +36,7 @@ class TabularActor:
             "prompt_index": prompt_index, "sequences": sequences, "attention_mask": torch.ones_like(sequences),
             "response_mask": response_mask, "logprobs": logprobs,
             "completions": [" ".join(str(t) for t in row.tolist()) for row in tokens],
+            "policy_version": torch.zeros(len(prompt_index), dtype=torch.int64),  # on-policy: trained at once
         })
 
     def train(self, batch):

@@ -1,5 +1,6 @@
-"""The kill harness, sampled: a kill -9 at 3 random moments (one per job, the third inside a checkpoint
-write), each resumed to the end, must give the uninterrupted run's weights and metrics bit for bit.
+"""The kill harness, sampled: a kill -9 at random moments (one per job, three for the draft job — the
+third inside a checkpoint write — and one for an asynchronous run whose checkpoints hold queued
+rollouts), each resumed to the end, must give the uninterrupted run's weights and metrics bit for bit.
 `python benchmarks/kill_resume.py` runs 20 trials per job (docs/reliability.md)."""
 
 import importlib.util
@@ -20,8 +21,8 @@ def load_harness():
 def test_three_random_kills_resume_bit_identically(tmp_path):
     harness = load_harness()
     results = {}
-    for index, job in enumerate(("grpo", "ppo", "draft")):
-        kills = 1 if index < 2 else 3  # the draft job's third kill waits for a checkpoint write
+    for index, job in enumerate(("grpo", "ppo", "draft", "async")):
+        kills = 3 if job == "draft" else 1  # the draft job's third kill waits for a checkpoint write
         results.update(harness.harness([job], trials=1, seed=index, min_kills=kills, max_kills=kills,
                                        work=tmp_path, progress=lambda line: None))
     assert sum(t.kills for t in results.values()) >= 3, harness.table(results)

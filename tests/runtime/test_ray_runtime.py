@@ -129,7 +129,9 @@ def test_a_killed_rollout_worker_is_rerun_elsewhere_then_restarted_and_resynced(
                 assert sync["sync/workers"] == 1  # only the restarted worker needed the weights again
             got, stats = actor.generate(batch)
             assert_same_samples(expected, got, exact_logprobs=False)  # two engines: smaller decode batches
-            assert (expected["logprobs"] - got["logprobs"]).abs().max() <= 2e-6
+            # fp32 reduction-order noise of other decode-batch shapes — which shapes depends on when the
+            # kill lands (2.0e-6 and 3.1e-6 seen); the project's engine-vs-trainer bound for it is 1e-5
+            assert (expected["logprobs"] - got["logprobs"]).abs().max() <= 1e-5
             if step == 0:
                 assert stats["rollout/worker_restarts"] == 1 and stats["rollout/rerun"] > 0
         assert session.pool.versions == [0, 0]

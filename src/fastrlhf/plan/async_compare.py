@@ -110,6 +110,7 @@ class AsyncRow:
     sync_iteration_time: float  # P0, the same plan at K = 0
     generate_time: float  # g
     busiest_gpu: float  # seconds of work per iteration on the busiest GPU
+    schedule_staleness: int  # K' <= K whose list schedule was the fastest (simulator.simulate)
 
     @property
     def rest_time(self) -> float:
@@ -130,14 +131,15 @@ class AsyncComparison:
     ev: Evaluator
 
 
-def simulate_row(ev: Evaluator, name: str, placements, max_staleness: int) -> AsyncRow:
+def simulate_row(ev: Evaluator, name: str, placements, max_staleness: int,
+                 n_iters: int) -> AsyncRow:
+    """One plan at staleness bound K, with its synchronous period and g for the bound."""
     evaluation = ev.evaluate(placements)
-    sim = simulate(ev, evaluation, placements, iterations_for(max_staleness), max_staleness)
-    sync = sim if max_staleness == 0 else simulate(ev, evaluation, placements,
-                                                   iterations_for(max_staleness))
+    sim = simulate(ev, evaluation, placements, n_iters, max_staleness)
+    sync = sim if max_staleness == 0 else simulate(ev, evaluation, placements, n_iters)
     return AsyncRow(name, placements, is_disaggregated(ev, placements), max_staleness,
                     sim.iteration_time, sync.iteration_time, generate_seconds(ev, evaluation),
-                    sim.busiest_gpu_seconds)
+                    sim.busiest_gpu_seconds, sim.schedule_staleness)
 
 
 def best_sync_plan(algo: str, models: dict, cluster: Cluster, workload: Workload,
@@ -163,7 +165,8 @@ def compare_async(algo: str, models: dict, cluster: Cluster, workload: Workload,
         found = best_disaggregated(ev, k, search_seconds, seed)
         if found is not None and found not in plans.values():
             plans[f"disaggregated, best for K={k}"] = found
-    rows = [simulate_row(ev, name, p, k) for name, p in plans.items() for k in staleness]
+    n_iters = iterations_for(max(staleness))  # one count for every row, K = 0 included
+    rows = [simulate_row(ev, name, p, k, n_iters) for name, p in plans.items() for k in staleness]
     sync = [r for r in rows if r.max_staleness == 0]
     sync_disagg = min((r.iteration_time for r in sync if r.disaggregated), default=INF)
     best_sync = min(r.iteration_time for r in sync)  # the planner's plan, unless a row beats it

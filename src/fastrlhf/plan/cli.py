@@ -42,7 +42,12 @@ def register(subparsers) -> None:
     s = subparsers.add_parser("simulate", help="simulate a saved (possibly edited) plan JSON")
     s.add_argument("plan", help="plan JSON written by `fastrlhf plan`")
     s.add_argument("--gantt", help="write a Gantt PNG of one iteration here")
-    s.add_argument("--iters", type=int, default=3, help="iterations to simulate (>= 2)")
+    s.add_argument("--iters", type=int, default=None,
+                   help="iterations to simulate (>= 2; default 3, or max(12, 2K + 4) with "
+                        "--max-staleness K)")
+    s.add_argument("--max-staleness", type=int, default=0, metavar="K",
+                   help="asynchronous RLHF: rollouts of iteration i may use the weights trained in "
+                        "iteration i-1-K (default 0: synchronous)")
     s.set_defaults(func=cmd_simulate)
 
 
@@ -76,11 +81,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fastrlhf.plan.planner import simulate_plan
 
-    if args.iters < 2:
-        raise UserError("--iters must be >= 2 (the iteration time is a steady-state period)")
+    from fastrlhf.plan.async_compare import iterations_for
+
+    stale = args.max_staleness
+    iters = args.iters if args.iters is not None else (3 if stale == 0 else iterations_for(stale))
+    if stale < 0:
+        raise UserError("--max-staleness must be >= 0")
+    if iters < max(2, 2 * stale + 2):
+        raise UserError(f"--iters must be >= {max(2, 2 * stale + 2)} (the iteration time is a "
+                        f"steady-state period{' after warm-up and before drain' if stale else ''})")
     plan = load_plan(args.plan)
-    ev, evaluation, sim = simulate_plan(plan, args.iters)
+    ev, evaluation, sim = simulate_plan(plan, iters)
+    if stale:
+        from fastrlhf.plan.simulator import simulate
+
+        sim = simulate(ev, evaluation, plan.placements(), iters, max_staleness=stale)
     print(format_table(plan, evaluation))
+    if stale:
+        print(f"max staleness {stale}: rollouts may use weights up to {stale} update(s) old "
+              f"(fastest schedule found with bound {sim.schedule_staleness}, {iters} iterations)")
     print(f"iteration time {sim.iteration_time:.3f} s, first iteration {sim.first_iteration:.3f} s,"
           f" accelerator-seconds/iteration {sim.accelerator_seconds:.1f}"
           f" (busy {sim.busy_accelerator_seconds:.1f})")

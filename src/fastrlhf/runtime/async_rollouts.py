@@ -84,12 +84,13 @@ class AsyncRollouts:
     def saved(self, step: int) -> list[Rollout]:
         """For a checkpoint after `step` steps: wait until every step whose weights are older than
         step `step`'s is generated, and return the queued rollouts."""
-        wanted = [j for j in self.schedule.ahead_of(step, self.total) if self.weights_step(j) < step]
+        ahead = self.schedule.ahead_of(step, self.total)
+        makeable = [j for j in ahead if self.weights_step(j) < step]  # (restored ones are queued already)
         with self.cond:
-            while not set(wanted) <= set(self.queue.steps()):
+            while not set(makeable) <= set(self.queue.steps()):
                 self._raise_failure()
                 self.cond.wait(timeout=1.0)
-            return [r for r in self.queue.items if r.step in wanted]
+            return [r for r in self.queue.items if r.step in ahead]
 
     def close(self) -> None:
         with self.cond:

@@ -193,6 +193,8 @@ class Run:
         if self.rollouts is None:
             data, done = self._data_at(self.data_position), None
         else:
+            if self.executor.on_call is not None:  # the hang watchdog: what this step waits for
+                self.executor.on_call("its rollout (made ahead)")
             rollout, waited = self.rollouts.next(step, self.trainer.policy_version)
             data = rollout.data
             done = {self.generate_call.name: ((rollout.outputs, rollout.stats), rollout.seconds)}

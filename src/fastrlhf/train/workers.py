@@ -37,7 +37,7 @@ from fastrlhf.rollout.sampler import SamplingParams
 from fastrlhf.algorithms.losses.policy import tis_weights
 from fastrlhf.model.precision import Precision, RolloutCopy
 from fastrlhf.train.logprobs import micro_logprobs, score_batch
-from fastrlhf.train.mismatch import Mismatch
+from fastrlhf.train.mismatch import LogprobCheck
 from fastrlhf.train.packing import micro_batch_rows
 from fastrlhf.train.rollout_queue import staleness_stats
 from fastrlhf.updates import DeferredUpdates, optimizer_step
@@ -150,7 +150,7 @@ class ActorWorker:
         return totals
 
     def _update(self, mini: Batch, check_logprobs: bool, defer: DeferredUpdates | None = None
-                ) -> tuple[dict[str, float], Mismatch]:
+                ) -> tuple[dict[str, float], LogprobCheck]:
         """One optimizer step on a mini-batch, accumulated over micro-batches.
 
         Micro-batch losses are shares of the mini-batch loss (normalised by the mini-batch's token,
@@ -159,7 +159,7 @@ class ActorWorker:
         normaliser = self.objective.normaliser(mini)  # over the whole mini-batch: the same on every rank
         self.optimizer.zero_grad(set_to_none=True)
         stats_sum: dict[str, float] = {}
-        mismatch = Mismatch()
+        mismatch = LogprobCheck()
         loss_sum = torch.zeros(())
         device = mini["sequences"].device
         unit, dp = self.objective.rows_per_unit, self.data_parallel
@@ -176,17 +176,18 @@ class ActorWorker:
             dp.all_reduce_grads(self.model)
             stats_sum = dp.sum_stats(stats_sum)
             loss_sum = dp.sum(loss_sum)
-            mismatch = Mismatch.merged(dp.gather(mismatch))
+            mismatch = LogprobCheck.merged(dp.gather(mismatch))
         stats_sum["grad_norm"] = optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_clip, loss_sum,
                                                 scaler=self.precision.scaler, defer=defer)
         return stats_sum, mismatch
 
-    def _micro_loss(self, micro: Batch, normaliser: float, mismatch: Mismatch | None):
+    def _micro_loss(self, micro: Batch, normaliser: float, mismatch: LogprobCheck | None):
         mask = micro["response_mask"]
         logprobs, entropy = micro_logprobs(self.model, micro, self.train_params, self.micro_batch_tokens > 0,
                                            self.precision)
         if mismatch is not None and self.objective.uses_sampling_distribution:
-            mismatch.add(logprobs.detach(), micro["logprobs"], mask)
+            lag = self.policy_version - micro["policy_version"] if "policy_version" in micro else None
+            mismatch.add(logprobs.detach(), micro["logprobs"], mask, lag)
         logprobs, micro, outside = _outside_support_removed(logprobs, micro)
         if self.recompute:
             micro = self._recomputed_old(micro, logprobs)
