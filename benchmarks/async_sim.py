@@ -46,7 +46,8 @@ def markdown(results: list[tuple[str, object]]) -> str:
             mark = "" if r.schedule_staleness == r.max_staleness else \
                 f" (K={r.schedule_staleness} schedule)"
             bound = f"{r.bound:.2f}x" if r.disaggregated else "n/a (shares GPUs)"
-            out.append(f"| {job} | {r.plan_name} | {r.max_staleness} | {r.iteration_time:.2f}{mark} "
+            out.append(f"| {job} | {r.plan_name} | {r.max_staleness} "
+                       f"| {r.iteration_time:.2f}{mark} "
                        f"| {cmp.sync_disaggregated / r.iteration_time:.2f}x "
                        f"| {cmp.best_sync / r.iteration_time:.2f}x | {bound} "
                        f"| {r.generate_time:.2f} | {r.rest_time:.2f} | {r.busiest_gpu:.2f} |")

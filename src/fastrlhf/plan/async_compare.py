@@ -13,13 +13,16 @@ Per plan, from its synchronous (K = 0) simulation with period P0:
     g = time of the generate calls + the reallocation / reload steps that feed them,
     t = P0 - g (the rest of the iteration on the synchronous critical path),
     bound = (g + t) / max(g, t) = P0 / max(g, t),
-the speed-up of overlapping the two perfectly (a two-stage pipeline). The period of any K is
-also at least the busiest GPU's seconds of work per iteration (`Simulation.busiest_gpu_seconds`): on a
-disaggregated plan that is max(g, training-side work), where the training side also runs the
-reallocation (it occupies the source GPUs) but no data transfer (an edge delay), so it is
-t + reallocation - transfers on the critical path. Left out: what staleness costs in learning
-(the paper's off-policy degradation for PPO / RLOO, the importance weights), and the memory of
-the rollouts and weight versions in flight (simulator docstring).
+the speed-up of overlapping the two perfectly (a two-stage pipeline). It bounds the speed-up
+only while the rest runs as one serial stage (all other calls on one set of GPUs, as in
+`baselines.disaggregated`); when the training side spans several meshes, the scoring and
+training calls of successive iterations also overlap and a plan can pass it. The hard floor of
+every K is the busiest GPU's seconds of work per iteration (`Simulation.busiest_gpu_seconds`);
+on a one-stage disaggregated plan it is max(g, t + reallocation - transfers), as the
+reallocation also occupies the training GPUs and a transfer is an edge delay on no GPU.
+Left out: what staleness costs in learning (the paper's off-policy degradation for PPO / RLOO,
+the importance weights), and the memory of the rollouts and weight versions in flight
+(simulator docstring).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ MIN_ITERS = 12  # iterations simulated per plan (at least 2K + 4: K + 1 warm-up,
 
 
 def iterations_for(max_staleness: int) -> int:
+    """Iterations to simulate for bound K: MIN_ITERS, more for large K."""
     return max(MIN_ITERS, 2 * max_staleness + 4)
 
 

@@ -299,6 +299,7 @@ def repeating_period(ends: list[float], max_cycle: int = 4, rel_tol: float = 1e-
     tol = rel_tol * max(gaps)
     for c in range(1, max_cycle + 1):
         tail = gaps[-min(len(gaps), 3 * c):]
-        if len(tail) >= 2 * c and all(abs(tail[j] - tail[j - c]) <= tol for j in range(c, len(tail))):
+        repeats = all(abs(tail[j] - tail[j - c]) <= tol for j in range(c, len(tail)))
+        if len(tail) >= 2 * c and repeats:
             return sum(gaps[-c:]) / c
     return sum(gaps) / len(gaps)
