@@ -44,12 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--table", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
     return ap.parse_args(argv)
 
 
 def overrides(algo: str, n: int, seed: int, args) -> list[str]:
     return [*COMMON, *RECIPES[algo], f"train.off_policy_steps={n}", f"train.seed={seed}", f"train.steps={args.steps}",
-            f"train.eval_every={args.eval_every}", f"train.run_dir={args.runs / algo / f'n{n}' / f'seed{seed}'}"]
+            f"train.eval_every={args.eval_every}", f"train.run_dir={args.runs / algo / f'n{n}' / f'seed{seed}'}",
+            *args.set]
 
 
 def run(algo: str, n: int, seed: int, args) -> dict:

@@ -36,7 +36,7 @@ from fastrlhf.train.rollout_queue import Rollout, RolloutQueue, RolloutSchedule
 
 class AsyncRollouts:
     def __init__(self, schedule: RolloutSchedule, total_steps: int, pool, publish, make_data, tokenizer,
-                 params: SamplingParams, seed_of, first_step: int, first_position: int, patience: float = 600.0):
+                 params: SamplingParams, seed_of, first_step: int, first_position: int):
         """`pool`: a runtime/rollout_pool.RolloutPool. `publish()` → (version, refs, bytes, pack seconds)
         of the trainer's current weights. `make_data(position)` → the prompt rows of a step starting
         at that data position; `seed_of(step)` → its sampling seed."""
@@ -51,7 +51,6 @@ class AsyncRollouts:
         self.error: BaseException | None = None
         self.stopping = False
         self.thread: threading.Thread | None = None
-        self.patience = patience
 
     def weights_step(self, step: int) -> int:
         return max(self.schedule.weights_step(step), self.floor)
@@ -87,17 +86,18 @@ class AsyncRollouts:
         ahead = self.schedule.ahead_of(step, self.total)
         makeable = [j for j in ahead if self.weights_step(j) < step]  # (restored ones are queued already)
         with self.cond:
-            while not set(makeable) <= set(self.queue.steps()):
-                self._raise_failure()
+            # a failed generator makes no more: save what it made (the resumed run makes the rest and says so)
+            while not set(makeable) <= set(self.queue.steps()) and self.error is None:
                 self.cond.wait(timeout=1.0)
             return [r for r in self.queue.items if r.step in ahead]
 
     def close(self) -> None:
+        """Stop the generator; a generate call in flight is left to end (the pool is closed next)."""
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
         if self.thread is not None:
-            self.thread.join(timeout=self.patience)
+            self.thread.join(timeout=5.0)
 
     def _publish(self, step: int) -> None:
         """At the start of `step` (its weights committed, untouched yet): snapshot them if a step not
