@@ -141,7 +141,8 @@ class AlgorithmSection:
     dpo_loss: Literal["sigmoid", "ipo"] = option("sigmoid", "DPO loss: sigmoid (Rafailov 2023) or IPO (Azar 2023)")
     recompute_logprobs: Literal["auto", "always", "never"] = option(
         "auto", "pi_old of the clipped ratio from the trainer's own forward before the update (always), or the "
-                "rollout engine's log-probs (never); auto = always unless model.dtype is fp32, where both are equal")
+                "rollout engine's log-probs (never); auto = always unless model.dtype is fp32, where both are equal; with "
+                "rollouts made ahead, always = the decoupled objective (proximal policy = the latest; docs/async.md)")
     tis_cap: float = option(2.0, "truncated importance sampling: weight each token's policy loss by "
                                  "min(pi_old / pi_rollout, tis_cap) when pi_old is recomputed (0 = off)", at_least(0.0))
 
