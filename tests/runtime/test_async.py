@@ -9,19 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from fastrlhf.config import load_config
-from fastrlhf.runtime import cluster
 from fastrlhf.train import loop
 from fastrlhf.train.loop import train
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(single_thread):
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": cluster.worker_env(1)})
-    yield
-    ray.shutdown()
 
 
 def overrides(run_dir, steps, extra=()):

@@ -10,19 +10,10 @@ import torch
 from fastrlhf.config import load_config
 from fastrlhf.dataflow.batch import Batch
 from fastrlhf.errors import UserError
-from fastrlhf.runtime import cluster
 from fastrlhf.train.loop import step_seed, train
 from fastrlhf.train.state import TrainingState
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(single_thread):
-    ray.init(num_cpus=6, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": cluster.worker_env(1)})
-    yield
-    ray.shutdown()
 
 
 def overrides(run_dir, steps=3, extra=()):

@@ -14,6 +14,7 @@ from fastrlhf.dataflow.batch import Batch
 from fastrlhf.rollout.sampler import SamplingParams
 from fastrlhf.rollout.sequence import Sequence
 from fastrlhf.runtime.async_rollouts import AsyncRollouts
+from fastrlhf.runtime.rollout_pool import RolloutPool
 from fastrlhf.train.rollout_queue import (InlineRollouts, Rollout, RolloutQueue, RolloutSchedule, StalenessError,
                                           load_rollouts, save_rollouts, staleness_stats)
 
@@ -126,6 +127,8 @@ class FakePool:
     """A rollout pool whose generate takes a random time and tags samples with the loaded version;
     it records every version it was synced to and the version it generated each call with."""
 
+    generate_batch = RolloutPool.generate_batch  # the real texts → batch path over the fake engines
+
     def __init__(self, rng: random.Random, max_seconds: float):
         self.rng, self.max_seconds = rng, max_seconds
         self.loaded = None
@@ -139,7 +142,7 @@ class FakePool:
         self.loaded = version
         return {}
 
-    def generate(self, prompt_ids, texts, params, version):
+    def generate(self, prompt_ids, texts, params, version, on_groups=None):
         assert version == self.loaded, "generated with weights it was not synced to"
         time.sleep(self.rng.uniform(0, self.max_seconds))
         with self.lock:

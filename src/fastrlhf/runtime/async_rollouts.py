@@ -154,19 +154,12 @@ class AsyncRollouts:
             return self.snapshots[needed]
 
     def _generate(self, step: int, position: int, snapshot) -> Rollout:
-        from fastrlhf.train.workers import rollout_batch
-
         version = snapshot[0]
         started = time.perf_counter()
         sync = self.pool.sync(version, lambda: snapshot)
         data = self.make_data(position)
-        prompts = list(data["prompts"])
-        prompt_ids = [self.tokenizer.encode_prompt(p) for p in prompts]
         params = SamplingParams(**{**self.params.__dict__, "seed": self.seed_of(step)})
-        generate_started = time.perf_counter()
-        seqs = self.pool.generate(prompt_ids, prompts, params, version)
-        outputs, stats = rollout_batch(seqs, self.tokenizer, time.perf_counter() - generate_started)
-        stats.update(self.pool.last.metrics())
+        outputs, stats = self.pool.generate_batch(list(data["prompts"]), self.tokenizer, params, version)
         stats.update(sync)
         return Rollout(step, version, position, data, Batch(dict(outputs.items())), stats,
                        time.perf_counter() - started)

@@ -191,6 +191,18 @@ class RolloutPool:
         stats.wall = time.perf_counter() - started
         return [finished[i] for i in sorted(finished)]
 
+    def generate_batch(self, prompts: list[str], tokenizer, params: SamplingParams, version: int,
+                       on_groups=None):
+        """`generate` from prompt texts → the generate call's output batch and stats
+        (train/workers.rollout_batch + this call's rollout/* metrics)."""
+        from fastrlhf.train.workers import rollout_batch
+
+        started = time.perf_counter()
+        seqs = self.generate([tokenizer.encode_prompt(p) for p in prompts], prompts, params, version, on_groups)
+        out, stats = rollout_batch(seqs, tokenizer, time.perf_counter() - started)
+        stats.update(self.last.metrics())
+        return out, stats
+
     def _assign(self, prompts: list[list[int]], texts: list[str], n: int) -> list[list[int]]:
         workers = len(self.workers)
         predicted = [self.predictor.predict(t) for t in texts]

@@ -17,7 +17,6 @@ completions, so rollout workers exchange token ids only.
 
 from __future__ import annotations
 
-import time
 
 from fastrlhf.config import Config
 from fastrlhf.dataflow.batch import Batch
@@ -42,17 +41,9 @@ class ActorRole:
         return s.pool.sync(s.policy_version, lambda: s.trainers.publish(s.config.runtime.sync_bucket_mb))
 
     def generate(self, batch: Batch, on_groups=None) -> tuple[Batch, dict[str, float]]:
-        from fastrlhf.train.workers import rollout_batch
-
         s = self.session
-        prompts = list(batch["prompts"])
-        prompt_ids = [s.tokenizer.encode_prompt(p) for p in prompts]
         params = SamplingParams(**{**s.params.__dict__, "seed": s.step_seed})
-        started = time.perf_counter()
-        seqs = s.pool.generate(prompt_ids, prompts, params, s.policy_version, on_groups)
-        out, stats = rollout_batch(seqs, s.tokenizer, time.perf_counter() - started)
-        stats.update(s.pool.last.metrics())
-        return out, stats
+        return s.pool.generate_batch(list(batch["prompts"]), s.tokenizer, params, s.policy_version, on_groups)
 
     def group_batch(self, sequences) -> Batch:
         """The generate outputs of some finished samples (for streaming scoring)."""

@@ -11,6 +11,10 @@ One class for both backends: `runtime.backend=local` builds it in the driver pro
 where `with_engine=False` (generation runs on the rollout workers) and `data_parallel` reduces the
 gradients across ranks (train/data_parallel.py).
 
+Asynchronous rollouts on `local` (runtime.max_staleness ≥ 1): `rollout_pool()` starts the generator
+(one rollout worker as a Ray actor; this process keeps the other cores until `close()`) and
+`publish_weights()` snapshots the policy into the object store (runtime/async_rollouts.py).
+
 The policy version counts committed actor updates (`ActorWorker.policy_version`); a rolled-back step
 restores it, and every sample carries the version that generated it.
 """
@@ -145,6 +149,7 @@ class TrainingState:
         from fastrlhf.runtime.rollout_pool import RolloutPool
 
         self.owns_ray = cluster.connect(self.config.runtime)
+        self.threads_before = torch.get_num_threads()  # given back at close()
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - self.config.runtime.rollout_cpus))
         self.pool = RolloutPool(self.config, str(self.precision.dtype).removeprefix("torch."))
         return self.pool
@@ -160,6 +165,7 @@ class TrainingState:
         pool, self.pool = getattr(self, "pool", None), None
         if pool is not None:
             pool.close()
+            torch.set_num_threads(self.threads_before)
         if getattr(self, "owns_ray", False):
             from fastrlhf.runtime import cluster
 
